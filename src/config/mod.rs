@@ -1,0 +1,256 @@
+//! The filter's configuration: one JSON document, versioned, camelCase, strict.
+//!
+//! Parsing happens in two steps, as in Kuadrant's wasm-shim and linkerd2-proxy: serde reads
+//! the wire form ([`raw`]) rejecting unknown fields and wrong types, then [`Config::parse`]
+//! validates ranges and cross-field rules into typed values. Every error names the JSON path
+//! and the rule, so the line Envoy logs is enough to fix the document.
+
+mod duration;
+mod raw;
+
+pub use duration::{parse_duration, Millis};
+
+use std::fmt;
+
+/// The only schema version this build understands.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// A rejected configuration: where, and which rule it broke.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// JSON path of the offending value, e.g. `endpoints.maxClusters` (`.` for the document).
+    pub path: String,
+    /// The rule, in words an operator can act on.
+    pub rule: String,
+}
+
+impl ConfigError {
+    fn new(path: &str, rule: impl Into<String>) -> Self {
+        ConfigError {
+            path: path.to_string(),
+            rule: rule.into(),
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "invalid reflex configuration at `{}`: {}",
+            self.path, self.rule
+        )
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// How reflex steers the cluster's override_host load balancer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Steering {
+    /// Request header read by `envoy.load_balancing_policies.override_host`. reflex removes
+    /// it from every incoming request so that a client can never pick an endpoint itself.
+    pub header: String,
+}
+
+/// Bounds and lifetime of the endpoint table shared by all workers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoints {
+    pub max_clusters: usize,
+    pub max_endpoints_per_cluster: usize,
+    /// An endpoint with no traffic for this long is forgotten (Istio EDS moves endpoints).
+    pub forget_after: Millis,
+}
+
+/// The JSON status endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Status {
+    pub enabled: bool,
+    pub path: String,
+    /// Answer only requests whose downstream peer is a loopback address.
+    pub loopback_only: bool,
+}
+
+/// A validated configuration: every value in range, every duration parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub steering: Steering,
+    pub endpoints: Endpoints,
+    pub status: Status,
+    /// Period of the housekeeping tick (forgetting endpoints, refreshing gauges).
+    pub tick_interval: Millis,
+}
+
+impl Config {
+    /// Parses and validates the filter configuration. An empty document is not valid: the
+    /// `version` field is required so that a future schema can never be misread as this one.
+    pub fn parse(bytes: &[u8]) -> Result<Config, ConfigError> {
+        let mut de = serde_json::Deserializer::from_slice(bytes);
+        let raw: raw::RawConfig = serde_path_to_error::deserialize(&mut de).map_err(|err| {
+            let path = err.path().to_string();
+            ConfigError::new(&path, strip_position(&err.into_inner().to_string()))
+        })?;
+        de.end()
+            .map_err(|err| ConfigError::new(".", strip_position(&err.to_string())))?;
+        raw.validate()
+    }
+}
+
+/// serde_json appends "at line L column C"; the JSON path says more, and the position of
+/// a document embedded as an escaped string in YAML is misleading.
+fn strip_position(message: &str) -> String {
+    match message.rfind(" at line ") {
+        Some(i) => message[..i].to_string(),
+        None => message.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    use super::*;
+
+    fn err(json: &str) -> ConfigError {
+        Config::parse(json.as_bytes()).unwrap_err()
+    }
+
+    #[test]
+    fn minimal_document_gets_safe_defaults() {
+        let config = Config::parse(br#"{"version": 1}"#).unwrap();
+        assert_eq!(config.steering.header, "x-reflex-endpoint");
+        assert!(
+            !config.status.enabled,
+            "status endpoint must be off by default"
+        );
+        assert!(config.status.loopback_only);
+        assert_eq!(config.endpoints.max_clusters, 64);
+        assert_eq!(config.endpoints.max_endpoints_per_cluster, 256);
+        assert_eq!(config.endpoints.forget_after, Millis::from_secs(300));
+        assert_eq!(config.tick_interval, Millis(1_000));
+    }
+
+    #[test]
+    fn full_document_is_read_in_camel_case() {
+        let config = Config::parse(
+            br#"{
+              "version": 1,
+              "steering": {"header": "x-pick"},
+              "endpoints": {"maxClusters": 8, "maxEndpointsPerCluster": 16, "forgetAfter": "30s"},
+              "status": {"enabled": true, "path": "/reflex/status", "loopbackOnly": false},
+              "tickInterval": "250ms"
+            }"#,
+        )
+        .unwrap();
+        assert_eq!(config.steering.header, "x-pick");
+        assert_eq!(config.endpoints.max_clusters, 8);
+        assert_eq!(config.endpoints.max_endpoints_per_cluster, 16);
+        assert_eq!(config.endpoints.forget_after, Millis(30_000));
+        assert_eq!(
+            config.status,
+            Status {
+                enabled: true,
+                path: "/reflex/status".into(),
+                loopback_only: false
+            }
+        );
+        assert_eq!(config.tick_interval, Millis(250));
+    }
+
+    #[test]
+    fn unknown_field_is_named_with_its_path() {
+        let e = err(r#"{"version": 1, "endpoints": {"maxClusterz": 3}}"#);
+        assert_eq!(e.path, "endpoints.maxClusterz");
+        assert!(e.rule.contains("unknown field `maxClusterz`"), "{e}");
+    }
+
+    #[test]
+    fn wrong_type_is_named_with_its_path() {
+        let e = err(r#"{"version": 1, "status": {"enabled": "yes"}}"#);
+        assert_eq!(e.path, "status.enabled");
+        assert!(e.rule.contains("expected a boolean"), "{e}");
+    }
+
+    #[test]
+    fn bad_duration_is_named_with_its_path() {
+        let e = err(r#"{"version": 1, "endpoints": {"forgetAfter": "5 minutes"}}"#);
+        assert_eq!(e.path, "endpoints.forgetAfter");
+        assert!(e.rule.contains("expected a duration"), "{e}");
+    }
+
+    #[test]
+    fn version_is_required_and_must_be_known() {
+        let e = err(r#"{}"#);
+        assert!(e.rule.contains("missing field `version`"), "{e}");
+        let e = err(r#"{"version": 2}"#);
+        assert_eq!(e.path, "version");
+        assert!(e.rule.contains("must be 1"), "{e}");
+    }
+
+    #[test]
+    fn out_of_range_values_are_rejected_with_the_rule() {
+        let cases = [
+            (
+                r#"{"version":1,"endpoints":{"maxClusters":0}}"#,
+                "endpoints.maxClusters",
+            ),
+            (
+                r#"{"version":1,"endpoints":{"maxClusters":100000}}"#,
+                "endpoints.maxClusters",
+            ),
+            (
+                r#"{"version":1,"endpoints":{"maxEndpointsPerCluster":0}}"#,
+                "endpoints.maxEndpointsPerCluster",
+            ),
+            (
+                r#"{"version":1,"endpoints":{"forgetAfter":"0s"}}"#,
+                "endpoints.forgetAfter",
+            ),
+            (r#"{"version":1,"tickInterval":"5ms"}"#, "tickInterval"),
+            (r#"{"version":1,"tickInterval":"2m"}"#, "tickInterval"),
+            (r#"{"version":1,"status":{"path":"reflex"}}"#, "status.path"),
+            (r#"{"version":1,"status":{"path":"/a b"}}"#, "status.path"),
+            (
+                r#"{"version":1,"steering":{"header":"X-Upper"}}"#,
+                "steering.header",
+            ),
+            (
+                r#"{"version":1,"steering":{"header":""}}"#,
+                "steering.header",
+            ),
+            (
+                r#"{"version":1,"steering":{"header":":authority"}}"#,
+                "steering.header",
+            ),
+        ];
+        for (json, path) in cases {
+            let e = err(json);
+            assert_eq!(e.path, path, "{json}: {e}");
+            assert!(e.rule.contains("must"), "{json}: {e}");
+        }
+    }
+
+    #[test]
+    fn negative_number_is_a_type_error_not_a_wraparound() {
+        let e = err(r#"{"version":1,"endpoints":{"maxClusters":-1}}"#);
+        assert_eq!(e.path, "endpoints.maxClusters");
+    }
+
+    #[test]
+    fn syntax_errors_and_trailing_garbage_are_rejected() {
+        assert!(Config::parse(b"{\"version\": 1").is_err());
+        assert!(Config::parse(b"{\"version\": 1} {}").is_err());
+        assert!(Config::parse(b"").is_err());
+        assert!(Config::parse(&[0xff, 0xfe]).is_err());
+    }
+
+    #[test]
+    fn error_message_names_path_and_rule_in_one_line() {
+        let e = err(r#"{"version":1,"endpoints":{"maxClusters":0}}"#);
+        assert_eq!(
+            e.to_string(),
+            "invalid reflex configuration at `endpoints.maxClusters`: must be between 1 and 4096 (got 0)"
+        );
+    }
+}

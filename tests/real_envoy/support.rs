@@ -1,0 +1,133 @@
+//! Shared pieces of the real-Envoy tests: the built filter, its Envoy filter entry, the
+//! override_host cluster, and the shipped configs with their ports moved to free ones.
+
+use reflex_harness::envoy::workspace_root;
+use reflex_harness::{Envoy, EnvoyOptions, Upstream};
+use serde_json::{json, Value};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// The release filter under test: `$REFLEX_WASM` (set by `./build.sh test`), else
+/// `out/reflex.wasm`. A missing file fails the test: it must never pass without the filter.
+pub fn wasm_path() -> PathBuf {
+    let path = std::env::var_os("REFLEX_WASM")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("out/reflex.wasm"));
+    assert!(
+        path.is_file(),
+        "{} not found: run ./build.sh (or ./build.sh test) first",
+        path.display()
+    );
+    path
+}
+
+/// The reflex HTTP filter entry with `config` as its plugin configuration.
+pub fn reflex_filter(config: &str) -> Value {
+    json!({
+        "name": "reflex",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+            "config": {
+                "name": "reflex",
+                "root_id": "reflex",
+                "failure_policy": "FAIL_OPEN",
+                "configuration": {
+                    "@type": "type.googleapis.com/google.protobuf.StringValue",
+                    "value": config
+                },
+                "vm_config": {
+                    "vm_id": "reflex-test",
+                    "runtime": "envoy.wasm.runtime.v8",
+                    "code": {"local": {"filename": wasm_path().to_string_lossy()}}
+                }
+            }
+        }
+    })
+}
+
+/// The cluster settings reflex steers through: override_host from `x-reflex-endpoint`, with
+/// LEAST_REQUEST when the header is absent or names an unknown host.
+pub fn override_host_cluster() -> Value {
+    json!({
+        "lb_policy": null,
+        "load_balancing_policy": {"policies": [{"typed_extension_config": {
+            "name": "envoy.load_balancing_policies.override_host",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.load_balancing_policies.override_host.v3.OverrideHost",
+                "override_host_sources": [{"header": "x-reflex-endpoint"}],
+                "fallback_policy": {"policies": [{"typed_extension_config": {
+                    "name": "envoy.load_balancing_policies.least_request",
+                    "typed_config": {"@type": "type.googleapis.com/envoy.extensions.load_balancing_policies.least_request.v3.LeastRequest"}
+                }}]}
+            }
+        }}]}
+    })
+}
+
+/// `n` healthy test upstreams named u0..u{n-1}.
+pub fn upstreams(n: usize) -> Vec<Upstream> {
+    (0..n)
+        .map(|i| Upstream::start(&format!("u{i}"), reflex_harness::Behaviour::ok()).unwrap())
+        .collect()
+}
+
+pub fn addrs(upstreams: &[Upstream]) -> Vec<SocketAddr> {
+    upstreams.iter().map(|u| u.addr()).collect()
+}
+
+/// Starts Envoy with `workers` workers and fails the test with Envoy's log if it cannot.
+pub fn start(config_yaml: String, workers: u32) -> Envoy {
+    let mut options = EnvoyOptions::new(config_yaml);
+    options.concurrency = workers;
+    Envoy::start(options).unwrap_or_else(|e| panic!("envoy failed to start: {e}"))
+}
+
+/// A shipped config from `envoy/`, runnable in a test: fixed ports become free ones (Envoy
+/// picks listener and admin ports; `upstream_ports` replace the demo's 9001..), and the
+/// relative wasm path becomes the built filter's absolute path.
+pub fn shipped_config(name: &str, port_map: &[(u16, u16)]) -> String {
+    let path = workspace_root().join("envoy").join(name);
+    let mut text =
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    for (from, to) in port_map {
+        let needle = format!("port_value: {from}}}");
+        assert!(text.contains(&needle), "{name} has no {needle}");
+        text = text.replace(&needle, &format!("port_value: {to}}}"));
+    }
+    text.replace(
+        "filename: out/reflex.wasm",
+        &format!("filename: {}", wasm_path().display()),
+    )
+}
+
+/// Polls `check` until it returns `Some` or `timeout` passes; state that crosses Envoy's
+/// workers and its stats flush settles asynchronously.
+pub fn eventually<T>(timeout: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check() {
+            return Some(value);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// reflex's status document, fetched through the listener at `addr`.
+pub fn status(addr: SocketAddr, path: &str) -> Value {
+    let response = reflex_harness::Client::new(addr).get(path, &[]).unwrap();
+    assert_eq!(response.status, 200, "status endpoint: {}", response.text());
+    serde_json::from_slice(&response.body).unwrap()
+}
+
+/// The value of a Prometheus sample without labels, e.g. `reflex_requests_total`.
+pub fn prometheus_value(text: &str, name: &str) -> Option<u64> {
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        let (metric, value) = l.rsplit_once(' ')?;
+        let metric = metric.strip_suffix("{}").unwrap_or(metric);
+        (metric == name).then(|| value.parse::<f64>().ok().map(|v| v as u64))?
+    })
+}
