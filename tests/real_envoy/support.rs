@@ -83,22 +83,9 @@ pub fn start(config_yaml: String, workers: u32) -> Envoy {
     Envoy::start(options).unwrap_or_else(|e| panic!("envoy failed to start: {e}"))
 }
 
-/// A shipped config from `envoy/`, runnable in a test: fixed ports become free ones (Envoy
-/// picks listener and admin ports; `upstream_ports` replace the demo's 9001..), and the
-/// relative wasm path becomes the built filter's absolute path.
+/// A shipped config from `envoy/` with its ports remapped and the built filter's path.
 pub fn shipped_config(name: &str, port_map: &[(u16, u16)]) -> String {
-    let path = workspace_root().join("envoy").join(name);
-    let mut text =
-        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    for (from, to) in port_map {
-        let needle = format!("port_value: {from}}}");
-        assert!(text.contains(&needle), "{name} has no {needle}");
-        text = text.replace(&needle, &format!("port_value: {to}}}"));
-    }
-    text.replace(
-        "filename: out/reflex.wasm",
-        &format!("filename: {}", wasm_path().display()),
-    )
+    reflex_harness::envoy::shipped_config(name, port_map, &wasm_path()).unwrap()
 }
 
 /// Polls `check` until it returns `Some` or `timeout` passes; state that crosses Envoy's

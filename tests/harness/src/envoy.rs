@@ -578,3 +578,24 @@ impl ProxyConfig {
         serde_json::to_string_pretty(&self.to_value()).unwrap_or_default()
     }
 }
+
+/// A shipped config from `<workspace>/envoy/`, made runnable beside other processes: each
+/// `(from, to)` in `port_map` rewrites `port_value: from}` (use `to = 0` to let Envoy pick,
+/// then [`Envoy::listener_addr`]), and the relative `out/reflex.wasm` becomes `wasm`. The
+/// file itself is what users run, so tests and the demo exercise exactly it.
+pub fn shipped_config(name: &str, port_map: &[(u16, u16)], wasm: &Path) -> Result<String, Error> {
+    let path = workspace_root().join("envoy").join(name);
+    let mut text =
+        fs::read_to_string(&path).map_err(|e| Error::new(format!("{}: {e}", path.display())))?;
+    for (from, to) in port_map {
+        let needle = format!("port_value: {from}}}");
+        if !text.contains(&needle) {
+            return Err(Error::new(format!("{name} has no `{needle}`")));
+        }
+        text = text.replace(&needle, &format!("port_value: {to}}}"));
+    }
+    Ok(text.replace(
+        "filename: out/reflex.wasm",
+        &format!("filename: {}", wasm.display()),
+    ))
+}
