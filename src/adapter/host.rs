@@ -28,13 +28,17 @@ impl SharedStore for HostStore {
     }
 }
 
-/// The host's wall clock, shared by all workers (see `core::time`).
-pub fn now() -> Instant {
-    let millis = hostcalls::get_current_time()
+/// The host's wall clock in microseconds since the epoch (latency measurement, seeding).
+pub fn now_us() -> u64 {
+    hostcalls::get_current_time()
         .ok()
         .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-        .map_or(0, |d| d.as_millis() as u64);
-    Instant(millis)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+/// The host's wall clock, shared by all workers (see `core::time`).
+pub fn now() -> Instant {
+    Instant(now_us() / 1_000)
 }
 
 /// Reads a property as raw bytes; absent and host errors are both `None`.

@@ -1,10 +1,13 @@
 //! The per-request context: removes the steering header a client may have sent, serves the
-//! status endpoint, and records each upstream outcome in the shared endpoint table.
+//! status endpoint, steers the request with power-of-two-choices, and records the upstream
+//! outcome (and any ejection it triggers) in the shared endpoint table.
 
-use super::host::{now, property, HostStore};
+use super::host::{now, now_us, property, HostStore};
 use super::metrics::Metrics;
+use super::transitions;
 use crate::config::Config;
-use crate::core::outcome::Outcome;
+use crate::core::outcome::Observation;
+use crate::core::rng::{Rng, SplitMix64};
 use crate::properties;
 use crate::state::{EndpointTable, Recorded, TableError};
 use log::warn;
@@ -15,16 +18,29 @@ use std::rc::Rc;
 pub struct ReflexHttp {
     config: Option<Rc<Config>>,
     metrics: Option<Metrics>,
+    rng: SplitMix64,
     /// Set when reflex answered the request itself: there is no upstream outcome to record.
     answered_locally: bool,
+    /// The destination cluster, from the route (known before the router runs).
+    cluster: Option<String>,
+    /// The endpoint reflex counted this request against as in flight.
+    picked: Option<String>,
+    started_us: u64,
+    /// When the response headers arrived (time to first byte).
+    answered_us: Option<u64>,
 }
 
 impl ReflexHttp {
-    pub fn new(config: Option<Rc<Config>>, metrics: Option<Metrics>) -> Self {
+    pub fn new(config: Option<Rc<Config>>, metrics: Option<Metrics>, context_id: u32) -> Self {
         ReflexHttp {
             config,
             metrics,
+            rng: SplitMix64::new(now_us() ^ (u64::from(context_id) << 32)),
             answered_locally: false,
+            cluster: None,
+            picked: None,
+            started_us: 0,
+            answered_us: None,
         }
     }
 
@@ -48,8 +64,9 @@ impl ReflexHttp {
     }
 
     fn serve_status(&mut self, config: &Config) {
-        let body = match EndpointTable::new(&HostStore, &config.endpoints).snapshot() {
-            Ok(snapshot) => crate::status::render(&snapshot),
+        let now = now();
+        let body = match EndpointTable::new(&HostStore, config).snapshot(now) {
+            Ok(snapshot) => crate::status::render(&snapshot, now),
             Err(err) => {
                 warn!("reflex status: cannot read shared state: {err:?}");
                 self.send_http_response(
@@ -69,6 +86,46 @@ impl ReflexHttp {
             Some(body.as_bytes()),
         );
     }
+
+    /// Chooses the endpoints for this request and writes them into the steering header.
+    fn steer(&mut self, config: &Config, metrics: &Metrics) {
+        let lb = &config.load_balancing;
+        let Some(cluster) = self.cluster.clone() else {
+            return;
+        };
+        let table = EndpointTable::new(&HostStore, config);
+        let pick = match table.pick(&cluster, now(), &mut self.rng) {
+            Ok(Some(pick)) => pick,
+            Ok(None) => {
+                Metrics::add(metrics.unsteered, 1);
+                return;
+            }
+            Err(_) => {
+                Metrics::add(metrics.shared_state_errors, 1);
+                return;
+            }
+        };
+        // Left to the fallback policy now and then, so endpoints reflex has not seen get
+        // traffic and are learned; never while an endpoint is ejected, since the fallback
+        // policy does not know about ejections.
+        if !pick.any_excluded && self.rng.unit() < lb.explore_ratio {
+            Metrics::add(metrics.explored, 1);
+            return;
+        }
+        if lb.dry_run {
+            Metrics::add(metrics.dry_run_picks, 1);
+            return;
+        }
+        let Some(first) = pick.order.first() else {
+            return;
+        };
+        self.set_http_request_header(&config.steering.header, Some(&pick.order.join(",")));
+        Metrics::add(metrics.picks, 1);
+        if table.begin(&cluster, first, now()).is_err() {
+            Metrics::add(metrics.shared_state_errors, 1);
+        }
+        self.picked = Some(first.clone());
+    }
 }
 
 impl Context for ReflexHttp {}
@@ -78,6 +135,7 @@ impl HttpContext for ReflexHttp {
         let (Some(config), Some(metrics)) = (self.config.clone(), self.metrics) else {
             return Action::Continue;
         };
+        self.started_us = now_us();
         Metrics::add(metrics.requests, 1);
         // Only reflex may steer: a client-supplied endpoint choice is removed before anything
         // else reads it.
@@ -94,34 +152,66 @@ impl HttpContext for ReflexHttp {
             self.serve_status(&config);
             return Action::Pause;
         }
+        self.cluster = property(&["xds", "cluster_name"])
+            .as_deref()
+            .and_then(properties::string)
+            .map(str::to_string);
+        if config.load_balancing.enabled {
+            self.steer(&config, &metrics);
+        }
+        Action::Continue
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        self.answered_us = Some(now_us());
         Action::Continue
     }
 
     fn on_log(&mut self) {
-        let (Some(config), Some(metrics)) = (&self.config, self.metrics) else {
+        let (Some(config), Some(metrics)) = (self.config.clone(), self.metrics) else {
             return;
         };
         if self.answered_locally {
             return;
         }
-        let cluster = property(&["xds", "cluster_name"]);
-        let endpoint = property(&["upstream", "address"]);
-        let (Some(cluster), Some(endpoint)) = (
-            cluster.as_deref().and_then(properties::string),
-            endpoint.as_deref().and_then(properties::string),
-        ) else {
-            // No upstream was chosen (no route, no healthy host): nothing to learn about an
-            // endpoint.
+        let Some(cluster) = self.cluster.clone().or_else(|| {
+            property(&["xds", "cluster_name"])
+                .as_deref()
+                .and_then(properties::string)
+                .map(str::to_string)
+        }) else {
             return;
         };
+        let served = property(&["upstream", "address"]);
+        let served = served.as_deref().and_then(properties::string);
+        if served.is_none() && self.picked.is_none() {
+            // No upstream was chosen (no route, no healthy host): nothing to learn.
+            return;
+        }
         let code = property(&["response", "code"])
             .as_deref()
             .and_then(properties::int64)
             .and_then(|c| u64::try_from(c).ok());
-        let table = EndpointTable::new(&HostStore, &config.endpoints);
-        match table.record(cluster, endpoint, Outcome::from_status(code), now()) {
-            Ok(Recorded::Counted) => Metrics::add(metrics.endpoint_observations, 1),
-            Ok(Recorded::ClusterCapReached | Recorded::EndpointCapReached) => {
+        let end_us = self.answered_us.unwrap_or_else(now_us);
+        let latency_us = (self.started_us > 0 && end_us >= self.started_us)
+            .then(|| (end_us - self.started_us) as f64);
+        let observation = Observation::from_response(code, latency_us);
+        let table = EndpointTable::new(&HostStore, &config);
+        match table.complete(
+            &cluster,
+            self.picked.as_deref(),
+            served,
+            observation,
+            now(),
+            &mut self.rng,
+        ) {
+            Ok((Recorded::Counted, transitions)) => {
+                if served.is_some() {
+                    Metrics::add(metrics.endpoint_observations, 1);
+                }
+                transitions::report(&metrics, &transitions);
+            }
+            Ok((Recorded::ClusterCapReached | Recorded::EndpointCapReached, _)) => {
                 Metrics::add(metrics.endpoint_table_overflow, 1)
             }
             Err(TableError::Contended | TableError::Host(_)) => {

@@ -1,10 +1,12 @@
 //! The root context: one per worker VM. Owns the validated configuration and the metrics,
 //! runs the housekeeping tick, and creates one HTTP context per request.
 
-use super::host::{now, HostStore};
+use super::host::{now, now_us, HostStore};
 use super::http::ReflexHttp;
 use super::metrics::Metrics;
+use super::transitions;
 use crate::config::Config;
+use crate::core::rng::SplitMix64;
 use crate::state::EndpointTable;
 use log::{error, info, warn};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -18,6 +20,8 @@ pub struct ReflexRoot {
     metrics: Option<Metrics>,
     /// Last tracked counts, to log changes once instead of every tick.
     tracked: (usize, usize),
+    /// Clusters this worker last saw in panic, to log entering and leaving once.
+    panicking: Vec<String>,
 }
 
 impl Context for ReflexRoot {}
@@ -68,12 +72,31 @@ impl RootContext for ReflexRoot {
         let (Some(config), Some(metrics)) = (&self.config, &self.metrics) else {
             return;
         };
-        let table = EndpointTable::new(&HostStore, &config.endpoints);
-        match table.sweep(now()) {
+        let table = EndpointTable::new(&HostStore, config);
+        let mut rng = SplitMix64::new(now_us());
+        match table.sweep(now(), &mut rng) {
             Ok(sweep) => {
                 Metrics::set(metrics.tracked_clusters, sweep.clusters as u64);
                 Metrics::set(metrics.tracked_endpoints, sweep.endpoints as u64);
+                Metrics::set(metrics.ejected_endpoints, sweep.ejected as u64);
+                Metrics::set(metrics.panic_clusters, sweep.panicking.len() as u64);
                 Metrics::add(metrics.endpoints_forgotten, sweep.forgotten as u64);
+                transitions::report(metrics, &sweep.transitions);
+                for cluster in sweep
+                    .panicking
+                    .iter()
+                    .filter(|c| !self.panicking.contains(c))
+                {
+                    warn!("reflex panic in {cluster}: too few healthy endpoints, spreading load over all of them and ejecting no more");
+                }
+                for cluster in self
+                    .panicking
+                    .iter()
+                    .filter(|c| !sweep.panicking.contains(c))
+                {
+                    info!("reflex panic over in {cluster}");
+                }
+                self.panicking = sweep.panicking;
                 if sweep.forgotten > 0 {
                     info!(
                         "reflex forgot {} endpoint(s) idle for more than {}",
@@ -96,10 +119,14 @@ impl RootContext for ReflexRoot {
         }
     }
 
-    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
         // Envoy creates HTTP contexts only after a successful on_configure, but the SDK
         // aborts on None, so a context without configuration simply passes traffic through.
-        Some(Box::new(ReflexHttp::new(self.config.clone(), self.metrics)))
+        Some(Box::new(ReflexHttp::new(
+            self.config.clone(),
+            self.metrics,
+            context_id,
+        )))
     }
 
     fn get_type(&self) -> Option<ContextType> {

@@ -71,11 +71,94 @@ pub struct Status {
     pub loopback_only: bool,
 }
 
+/// Power-of-two-choices steering (see `core::p2c` and `core::score`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoadBalancing {
+    pub enabled: bool,
+    /// Decide and count, but do not write the steering header.
+    pub dry_run: bool,
+    /// Peak-EWMA decay constant.
+    pub latency_decay: Millis,
+    /// Latency assumed for an endpoint without samples.
+    pub default_rtt: Millis,
+    /// Window of the decayed error rate (also used by the failure-percentage and success-rate
+    /// detectors).
+    pub error_window: Millis,
+    /// Weight of the error rate in the cost.
+    pub error_weight: f64,
+    /// Slow-start window for new and returning endpoints (0 disables).
+    pub slow_start: Millis,
+    /// Endpoints after the first in the steering header (for retries).
+    pub fallbacks: usize,
+    /// Share of requests left to the fallback policy so new endpoints get discovered.
+    pub explore_ratio: f64,
+}
+
+/// A consecutive-failure detector.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Consecutive {
+    pub threshold: u32,
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct FailurePercentage {
+    /// Failure share in [0, 1] at or above which an endpoint is ejected.
+    pub threshold: f64,
+    /// Decayed request volume needed before the share counts.
+    pub min_volume: f64,
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SuccessRate {
+    pub stdev_factor: f64,
+    pub min_hosts: usize,
+    pub min_volume: f64,
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Latency {
+    /// Ejected when slower than `factor ×` the median of its peers...
+    pub factor: f64,
+    /// ...and slower than this...
+    pub min_latency: Millis,
+    /// ...for this long.
+    pub sustain: Millis,
+    pub min_hosts: usize,
+    pub dry_run: bool,
+}
+
+/// The detectors that are on (`None` = off).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Detectors {
+    pub consecutive_5xx: Option<Consecutive>,
+    pub consecutive_gateway: Option<Consecutive>,
+    pub failure_percentage: Option<FailurePercentage>,
+    pub success_rate: Option<SuccessRate>,
+    pub latency: Option<Latency>,
+}
+
+/// Outlier ejection (see `core::outlier`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutlierDetection {
+    pub detectors: Detectors,
+    pub base_ejection_time: Millis,
+    pub max_ejection_time: Millis,
+    pub max_ejection_percent: u32,
+    pub panic_threshold_percent: u32,
+    /// Successful outcomes a returning endpoint needs before it is healthy again.
+    pub probes: u32,
+}
+
 /// A validated configuration: every value in range, every duration parsed.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     pub steering: Steering,
     pub endpoints: Endpoints,
+    pub load_balancing: LoadBalancing,
+    pub outlier_detection: OutlierDetection,
     pub status: Status,
     /// Period of the housekeeping tick (forgetting endpoints, refreshing gauges).
     pub tick_interval: Millis,

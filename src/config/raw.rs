@@ -2,7 +2,10 @@
 //! Defaults live here, next to the field they belong to, and are all safe: nothing is
 //! exposed or enforced unless the document asks for it.
 
-use super::{Config, ConfigError, Endpoints, Millis, Status, Steering, SCHEMA_VERSION};
+use super::{
+    Config, ConfigError, Consecutive, Detectors, Endpoints, FailurePercentage, Latency,
+    LoadBalancing, Millis, OutlierDetection, Status, Steering, SuccessRate, SCHEMA_VERSION,
+};
 use serde::Deserialize;
 
 #[derive(Deserialize)]
@@ -13,6 +16,10 @@ pub(super) struct RawConfig {
     steering: RawSteering,
     #[serde(default)]
     endpoints: RawEndpoints,
+    #[serde(default)]
+    load_balancing: RawLoadBalancing,
+    #[serde(default)]
+    outlier_detection: RawOutlierDetection,
     #[serde(default)]
     status: RawStatus,
     #[serde(default = "default_tick")]
@@ -66,6 +73,308 @@ impl Default for RawStatus {
             path: "/.reflex/status".into(),
             loopback_only: true,
         }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+struct RawLoadBalancing {
+    enabled: bool,
+    dry_run: bool,
+    latency_decay: Millis,
+    default_rtt: Millis,
+    error_window: Millis,
+    error_weight: f64,
+    slow_start: Millis,
+    fallbacks: u64,
+    explore_ratio: f64,
+}
+
+impl Default for RawLoadBalancing {
+    fn default() -> Self {
+        RawLoadBalancing {
+            enabled: true,
+            dry_run: false,
+            latency_decay: Millis::from_secs(10),
+            default_rtt: Millis(25),
+            error_window: Millis::from_secs(10),
+            error_weight: 10.0,
+            slow_start: Millis::from_secs(10),
+            fallbacks: 2,
+            explore_ratio: 0.01,
+        }
+    }
+}
+
+/// One detector as written: `enabled` and `dryRun` common to all; the other fields default
+/// per detector (see [`RawOutlierDetection::validate`]), so they are optional here.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+struct RawDetector {
+    enabled: Option<bool>,
+    dry_run: bool,
+    threshold: Option<f64>,
+    min_volume: Option<f64>,
+    stdev_factor: Option<f64>,
+    min_hosts: Option<u64>,
+    factor: Option<f64>,
+    min_latency: Option<Millis>,
+    #[serde(rename = "for")]
+    sustain: Option<Millis>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+struct RawOutlierDetection {
+    #[serde(rename = "consecutive5xx")]
+    consecutive_5xx: RawDetector,
+    consecutive_gateway_failure: RawDetector,
+    failure_percentage: RawDetector,
+    success_rate: RawDetector,
+    latency: RawDetector,
+    base_ejection_time: Millis,
+    max_ejection_time: Millis,
+    max_ejection_percent: u64,
+    panic_threshold_percent: u64,
+    probes: u64,
+}
+
+impl Default for RawOutlierDetection {
+    fn default() -> Self {
+        RawOutlierDetection {
+            consecutive_5xx: RawDetector::default(),
+            consecutive_gateway_failure: RawDetector::default(),
+            failure_percentage: RawDetector::default(),
+            success_rate: RawDetector::default(),
+            latency: RawDetector::default(),
+            base_ejection_time: Millis::from_secs(10),
+            max_ejection_time: Millis::from_secs(300),
+            max_ejection_percent: 50,
+            panic_threshold_percent: 50,
+            probes: 3,
+        }
+    }
+}
+
+/// Rejects a field that the detector at `path` does not use, so a typo'd or misplaced
+/// setting never silently does nothing.
+fn unused<T>(path: &str, field: &str, value: &Option<T>) -> Result<(), ConfigError> {
+    match value {
+        Some(_) => Err(ConfigError::new(
+            &format!("{path}.{field}"),
+            "must not be set: this detector does not use it",
+        )),
+        None => Ok(()),
+    }
+}
+
+impl RawDetector {
+    fn enabled(&self) -> bool {
+        self.enabled.unwrap_or(true)
+    }
+
+    fn consecutive(&self, path: &str, default: u32) -> Result<Option<Consecutive>, ConfigError> {
+        unused(path, "minVolume", &self.min_volume)?;
+        unused(path, "stdevFactor", &self.stdev_factor)?;
+        unused(path, "minHosts", &self.min_hosts)?;
+        unused(path, "factor", &self.factor)?;
+        unused(path, "minLatency", &self.min_latency)?;
+        unused(path, "for", &self.sustain)?;
+        let threshold = in_range(
+            &format!("{path}.threshold"),
+            self.threshold.unwrap_or(f64::from(default)),
+            1.0,
+            1000.0,
+        )?;
+        if threshold.fract() != 0.0 {
+            return Err(ConfigError::new(
+                &format!("{path}.threshold"),
+                format!("must be a whole number (got {threshold})"),
+            ));
+        }
+        Ok(self.enabled().then_some(Consecutive {
+            threshold: threshold as u32,
+            dry_run: self.dry_run,
+        }))
+    }
+
+    fn failure_percentage(&self, path: &str) -> Result<Option<FailurePercentage>, ConfigError> {
+        unused(path, "stdevFactor", &self.stdev_factor)?;
+        unused(path, "minHosts", &self.min_hosts)?;
+        unused(path, "factor", &self.factor)?;
+        unused(path, "minLatency", &self.min_latency)?;
+        unused(path, "for", &self.sustain)?;
+        let threshold = in_range(
+            &format!("{path}.threshold"),
+            self.threshold.unwrap_or(50.0),
+            1.0,
+            100.0,
+        )?;
+        let min_volume = in_range(
+            &format!("{path}.minVolume"),
+            self.min_volume.unwrap_or(20.0),
+            1.0,
+            1e6,
+        )?;
+        Ok(self.enabled().then_some(FailurePercentage {
+            threshold: threshold / 100.0,
+            min_volume,
+            dry_run: self.dry_run,
+        }))
+    }
+
+    fn success_rate(&self, path: &str) -> Result<Option<SuccessRate>, ConfigError> {
+        unused(path, "threshold", &self.threshold)?;
+        unused(path, "factor", &self.factor)?;
+        unused(path, "minLatency", &self.min_latency)?;
+        unused(path, "for", &self.sustain)?;
+        Ok(self.enabled().then_some(SuccessRate {
+            stdev_factor: in_range(
+                &format!("{path}.stdevFactor"),
+                self.stdev_factor.unwrap_or(1.9),
+                0.1,
+                10.0,
+            )?,
+            min_hosts: in_range(
+                &format!("{path}.minHosts"),
+                self.min_hosts.unwrap_or(3),
+                2,
+                4096,
+            )? as usize,
+            min_volume: in_range(
+                &format!("{path}.minVolume"),
+                self.min_volume.unwrap_or(20.0),
+                1.0,
+                1e6,
+            )?,
+            dry_run: self.dry_run,
+        }))
+    }
+
+    fn latency(&self, path: &str) -> Result<Option<Latency>, ConfigError> {
+        unused(path, "threshold", &self.threshold)?;
+        unused(path, "minVolume", &self.min_volume)?;
+        unused(path, "stdevFactor", &self.stdev_factor)?;
+        Ok(self.enabled().then_some(Latency {
+            factor: in_range(
+                &format!("{path}.factor"),
+                self.factor.unwrap_or(3.0),
+                1.1,
+                1000.0,
+            )?,
+            min_latency: in_range(
+                &format!("{path}.minLatency"),
+                self.min_latency.unwrap_or(Millis(20)),
+                Millis(0),
+                Millis::from_secs(60),
+            )?,
+            sustain: in_range(
+                &format!("{path}.for"),
+                self.sustain.unwrap_or(Millis::from_secs(2)),
+                Millis(0),
+                Millis::from_secs(600),
+            )?,
+            min_hosts: in_range(
+                &format!("{path}.minHosts"),
+                self.min_hosts.unwrap_or(3),
+                2,
+                4096,
+            )? as usize,
+            dry_run: self.dry_run,
+        }))
+    }
+}
+
+impl RawLoadBalancing {
+    fn validate(self) -> Result<LoadBalancing, ConfigError> {
+        let p = "loadBalancing";
+        Ok(LoadBalancing {
+            enabled: self.enabled,
+            dry_run: self.dry_run,
+            latency_decay: in_range(
+                &format!("{p}.latencyDecay"),
+                self.latency_decay,
+                Millis(100),
+                Millis::from_secs(600),
+            )?,
+            default_rtt: in_range(
+                &format!("{p}.defaultRtt"),
+                self.default_rtt,
+                Millis(1),
+                Millis::from_secs(60),
+            )?,
+            error_window: in_range(
+                &format!("{p}.errorWindow"),
+                self.error_window,
+                Millis(100),
+                Millis::from_secs(600),
+            )?,
+            error_weight: in_range(&format!("{p}.errorWeight"), self.error_weight, 0.0, 1000.0)?,
+            slow_start: in_range(
+                &format!("{p}.slowStart"),
+                self.slow_start,
+                Millis(0),
+                Millis::from_secs(600),
+            )?,
+            fallbacks: in_range(&format!("{p}.fallbacks"), self.fallbacks, 0, 8)? as usize,
+            explore_ratio: in_range(&format!("{p}.exploreRatio"), self.explore_ratio, 0.0, 0.5)?,
+        })
+    }
+}
+
+impl RawOutlierDetection {
+    fn validate(self) -> Result<OutlierDetection, ConfigError> {
+        let p = "outlierDetection";
+        let base = in_range(
+            &format!("{p}.baseEjectionTime"),
+            self.base_ejection_time,
+            Millis(100),
+            Millis::from_secs(3600),
+        )?;
+        let max = in_range(
+            &format!("{p}.maxEjectionTime"),
+            self.max_ejection_time,
+            Millis(100),
+            Millis::from_secs(24 * 3600),
+        )?;
+        if max < base {
+            return Err(ConfigError::new(
+                &format!("{p}.maxEjectionTime"),
+                format!("must be at least baseEjectionTime ({base}) (got {max})"),
+            ));
+        }
+        Ok(OutlierDetection {
+            detectors: Detectors {
+                consecutive_5xx: self
+                    .consecutive_5xx
+                    .consecutive(&format!("{p}.consecutive5xx"), 5)?,
+                consecutive_gateway: self
+                    .consecutive_gateway_failure
+                    .consecutive(&format!("{p}.consecutiveGatewayFailure"), 3)?,
+                failure_percentage: self
+                    .failure_percentage
+                    .failure_percentage(&format!("{p}.failurePercentage"))?,
+                success_rate: self
+                    .success_rate
+                    .success_rate(&format!("{p}.successRate"))?,
+                latency: self.latency.latency(&format!("{p}.latency"))?,
+            },
+            base_ejection_time: base,
+            max_ejection_time: max,
+            max_ejection_percent: in_range(
+                &format!("{p}.maxEjectionPercent"),
+                self.max_ejection_percent,
+                0,
+                100,
+            )? as u32,
+            panic_threshold_percent: in_range(
+                &format!("{p}.panicThresholdPercent"),
+                self.panic_threshold_percent,
+                0,
+                100,
+            )? as u32,
+            probes: in_range(&format!("{p}.probes"), self.probes, 1, 100)? as u32,
+        })
     }
 }
 
@@ -151,6 +460,8 @@ impl RawConfig {
             )?,
         };
         Ok(Config {
+            load_balancing: self.load_balancing.validate()?,
+            outlier_detection: self.outlier_detection.validate()?,
             steering: Steering {
                 header: header_name("steering.header", self.steering.header)?,
             },

@@ -1,0 +1,77 @@
+//! Reporting of endpoint state transitions: one log line and the matching counters. Only the
+//! worker whose compare-and-swap made a transition receives it, so each is reported once.
+
+use super::metrics::Metrics;
+use crate::core::outlier::Detector;
+use crate::state::table::Transition;
+use log::{info, warn};
+
+pub fn report(metrics: &Metrics, transitions: &[Transition]) {
+    for t in transitions {
+        match t {
+            Transition::Ejected {
+                cluster,
+                endpoint,
+                detector,
+                until,
+                dry_run: false,
+            } => {
+                Metrics::add(metrics.ejections, 1);
+                Metrics::add(metrics.ejections_by[detector_index(*detector)], 1);
+                warn!(
+                    "reflex ejected {endpoint} of {cluster}: {} (until {}ms)",
+                    detector.name(),
+                    until.0
+                );
+            }
+            Transition::Ejected {
+                cluster,
+                endpoint,
+                detector,
+                dry_run: true,
+                ..
+            } => {
+                Metrics::add(metrics.dry_run_ejections, 1);
+                info!(
+                    "reflex dry-run: would eject {endpoint} of {cluster}: {}",
+                    detector.name()
+                );
+            }
+            Transition::Blocked {
+                cluster,
+                endpoint,
+                detector,
+            } => {
+                Metrics::add(metrics.ejections_blocked, 1);
+                warn!(
+                    "reflex kept {endpoint} of {cluster} in service although {} fired: maxEjectionPercent or panic threshold reached",
+                    detector.name()
+                );
+            }
+            Transition::Returned { cluster, endpoint } => {
+                Metrics::add(metrics.endpoint_returns, 1);
+                info!(
+                    "reflex returned {endpoint} of {cluster} to service after its probes succeeded"
+                );
+            }
+            Transition::Reejected {
+                cluster,
+                endpoint,
+                until,
+            } => {
+                Metrics::add(metrics.probe_failures, 1);
+                warn!(
+                    "reflex re-ejected {endpoint} of {cluster}: failed a probe (until {}ms)",
+                    until.0
+                );
+            }
+        }
+    }
+}
+
+fn detector_index(detector: Detector) -> usize {
+    Detector::ALL
+        .iter()
+        .position(|d| *d == detector)
+        .unwrap_or(0)
+}

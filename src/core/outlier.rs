@@ -1,0 +1,321 @@
+//! Outlier ejection: which endpoints stop receiving traffic, for how long, and how they come
+//! back. Pure: the table calls these with the shared state it read and writes back what they
+//! return.
+//!
+//! Detectors (each optional, each with its own dry-run):
+//! - **consecutive 5xx** and **consecutive gateway failures** (502/503/504, resets, connect
+//!   failures, timeouts): inline, on the response that reaches the threshold;
+//! - **failure percentage**: inline, decayed failure share above a threshold with enough volume;
+//! - **success rate**: on the tick, success rate below `mean - stdevFactor × stdev` of the
+//!   endpoints that have enough volume (Envoy's statistical detector);
+//! - **latency**: on the tick, peak-EWMA latency above `factor ×` the median of its peers and
+//!   above `minLatency`, sustained for `for`: the gray failure (slow, no errors) that no
+//!   native Envoy detector ejects.
+//!
+//! Lifecycle: an ejection lasts `base × n` (n = the endpoint's ejection count, capped at
+//! `maxEjectionTime`, ±10% jitter so that endpoints ejected together do not return together).
+//! When it expires the endpoint is *probing*: it is a candidate again, with slow start, and its
+//! next `probes` outcomes decide: all successes return it to healthy, one failure re-ejects it
+//! for longer. The ejection count resets after `maxEjectionTime` of health, so an endpoint that
+//! failed once long ago starts over at `base`.
+//!
+//! Limits: at most `maxEjectionPercent` of a cluster is ejected (always at least one endpoint
+//! when the cluster has two or more). When fewer than `panicThresholdPercent` of the endpoints
+//! are healthy (neither ejected nor tripping a detector that the limit blocked), the cluster is
+//! in **panic**: reflex stops ejecting and spreads load over every endpoint, ejected ones
+//! included, as Envoy's panic threshold does; detection this widespread is more likely a
+//! problem on the caller's side than on most of the endpoints.
+
+use crate::config::{Millis, OutlierDetection};
+use crate::core::rng::Rng;
+use crate::core::time::Instant;
+
+/// Which detector fired.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Detector {
+    Consecutive5xx = 1,
+    ConsecutiveGateway = 2,
+    FailurePercentage = 3,
+    SuccessRate = 4,
+    Latency = 5,
+}
+
+impl Detector {
+    pub const ALL: [Detector; 5] = [
+        Detector::Consecutive5xx,
+        Detector::ConsecutiveGateway,
+        Detector::FailurePercentage,
+        Detector::SuccessRate,
+        Detector::Latency,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Detector::Consecutive5xx => "consecutive5xx",
+            Detector::ConsecutiveGateway => "consecutiveGatewayFailure",
+            Detector::FailurePercentage => "failurePercentage",
+            Detector::SuccessRate => "successRate",
+            Detector::Latency => "latency",
+        }
+    }
+
+    pub fn from_code(code: u8) -> Option<Detector> {
+        Detector::ALL.into_iter().find(|d| *d as u8 == code)
+    }
+
+    /// Whether this detector only reports (dry-run) under `config`.
+    pub fn dry_run(self, config: &OutlierDetection) -> bool {
+        let d = &config.detectors;
+        match self {
+            Detector::Consecutive5xx => d.consecutive_5xx.as_ref().is_some_and(|c| c.dry_run),
+            Detector::ConsecutiveGateway => {
+                d.consecutive_gateway.as_ref().is_some_and(|c| c.dry_run)
+            }
+            Detector::FailurePercentage => d.failure_percentage.as_ref().is_some_and(|c| c.dry_run),
+            Detector::SuccessRate => d.success_rate.as_ref().is_some_and(|c| c.dry_run),
+            Detector::Latency => d.latency.as_ref().is_some_and(|c| c.dry_run),
+        }
+    }
+}
+
+/// An endpoint's ejection state, as the cluster's member list stores it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Ejection {
+    /// Set while ejected or probing; cleared when the endpoint returns.
+    pub active: Option<ActiveEjection>,
+    /// Ejections so far (the multiplier of the next ejection time).
+    pub count: u32,
+    /// When the endpoint last returned to healthy (slow start; resetting `count`).
+    pub returned_at: Instant,
+    /// Last time a detector fired but the ejection limit blocked it.
+    pub blocked_at: Instant,
+    /// Start of the current latency-outlier streak (zero when none).
+    pub slow_since: Instant,
+    /// The detector of the most recent ejection, kept after the endpoint returns.
+    pub last_detector: Option<Detector>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ActiveEjection {
+    pub until: Instant,
+    pub detector: Detector,
+    /// A dry-run ejection runs the whole lifecycle but never removes the endpoint.
+    pub dry_run: bool,
+    /// Successful outcomes while probing.
+    pub probe_successes: u32,
+}
+
+/// How long a blocked trip keeps an endpoint out of the healthy count for the panic check.
+const BLOCKED_MEMORY: Millis = Millis(2_000);
+
+impl Ejection {
+    /// Ejected and not yet allowed back, for P2C: a dry-run ejection never excludes.
+    pub fn excludes(&self, now: Instant) -> bool {
+        self.active.is_some_and(|a| !a.dry_run && now < a.until)
+    }
+
+    pub fn is_probing(&self, now: Instant) -> bool {
+        self.active.is_some_and(|a| now >= a.until)
+    }
+
+    /// Counts against `maxEjectionPercent` (probing included, dry-run not).
+    fn counts_as_ejected(&self) -> bool {
+        self.active.is_some_and(|a| !a.dry_run)
+    }
+
+    fn healthy(&self, now: Instant) -> bool {
+        let recently_blocked =
+            self.blocked_at != Instant(0) && now.since(self.blocked_at) <= BLOCKED_MEMORY;
+        !self.counts_as_ejected() && !recently_blocked
+    }
+}
+
+/// What an attempt to eject decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Ejected {
+        until: Instant,
+        dry_run: bool,
+    },
+    /// Already ejected or probing: nothing new.
+    AlreadyEjected,
+    /// Over `maxEjectionPercent`, or the cluster is in panic (reported once per
+    /// `BLOCKED_MEMORY / 2`; in between, [`Verdict::AlreadyEjected`] so that a failing
+    /// endpoint does not rewrite the cluster's state on every response).
+    Blocked,
+}
+
+/// Whether the cluster whose members are `members` is in panic.
+pub fn in_panic(members: &[Ejection], now: Instant, config: &OutlierDetection) -> bool {
+    if members.is_empty() {
+        return false;
+    }
+    let healthy = members.iter().filter(|m| m.healthy(now)).count();
+    healthy * 100 < members.len() * config.panic_threshold_percent as usize
+}
+
+/// Ejects member `index` for `detector` if the limits allow.
+pub fn eject(
+    members: &mut [Ejection],
+    index: usize,
+    detector: Detector,
+    now: Instant,
+    config: &OutlierDetection,
+    rng: &mut impl Rng,
+) -> Verdict {
+    let Some(member) = members.get(index) else {
+        return Verdict::Blocked;
+    };
+    if member.active.is_some() {
+        return Verdict::AlreadyEjected;
+    }
+    let dry_run = detector.dry_run(config);
+    if !dry_run {
+        let ejected = members.iter().filter(|m| m.counts_as_ejected()).count();
+        let allowed = (members.len() * config.max_ejection_percent as usize / 100)
+            .max(usize::from(members.len() >= 2));
+        if ejected + 1 > allowed || in_panic(members, now, config) {
+            let member = &mut members[index];
+            if member.blocked_at != Instant(0)
+                && now.since(member.blocked_at).0 < BLOCKED_MEMORY.0 / 2
+            {
+                return Verdict::AlreadyEjected;
+            }
+            member.blocked_at = now;
+            return Verdict::Blocked;
+        }
+    }
+    let member = &mut members[index];
+    if now.since(member.returned_at) > config.max_ejection_time && member.active.is_none() {
+        member.count = 0;
+    }
+    member.count = member.count.saturating_add(1);
+    let base = config
+        .base_ejection_time
+        .0
+        .saturating_mul(u64::from(member.count));
+    let capped = base.min(config.max_ejection_time.0);
+    // ±10% jitter.
+    let jitter = (capped as f64 * 0.2 * (rng.unit() - 0.5)) as i64;
+    let duration = (capped as i64 + jitter).max(1) as u64;
+    let until = Instant(now.0.saturating_add(duration));
+    member.active = Some(ActiveEjection {
+        until,
+        detector,
+        dry_run,
+        probe_successes: 0,
+    });
+    member.last_detector = Some(detector);
+    Verdict::Ejected { until, dry_run }
+}
+
+/// What an outcome did to an ejected (probing) member.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProbeResult {
+    /// Not probing: nothing to do.
+    NotProbing,
+    Counted,
+    Returned,
+    /// Failed a probe: ejected again for longer.
+    Reejected {
+        until: Instant,
+    },
+}
+
+/// Applies one outcome of member `index` to its ejection state.
+pub fn probe(
+    members: &mut [Ejection],
+    index: usize,
+    success: bool,
+    now: Instant,
+    config: &OutlierDetection,
+    rng: &mut impl Rng,
+) -> ProbeResult {
+    let Some(member) = members.get_mut(index) else {
+        return ProbeResult::NotProbing;
+    };
+    let Some(active) = member.active.as_mut().filter(|a| now >= a.until) else {
+        return ProbeResult::NotProbing;
+    };
+    if success {
+        active.probe_successes += 1;
+        if active.probe_successes >= config.probes {
+            member.active = None;
+            member.returned_at = now;
+            member.slow_since = Instant(0);
+            return ProbeResult::Returned;
+        }
+        return ProbeResult::Counted;
+    }
+    let detector = active.detector;
+    member.active = None;
+    match eject(members, index, detector, now, config, rng) {
+        Verdict::Ejected { until, .. } => ProbeResult::Reejected { until },
+        // The limit no longer allows it: the endpoint stays in service.
+        Verdict::AlreadyEjected | Verdict::Blocked => ProbeResult::Counted,
+    }
+}
+
+/// Indices of the members whose success rate is below `mean - factor × stdev` among members
+/// with at least `min_volume` decayed requests, when at least `min_hosts` qualify.
+pub fn success_rate_outliers(
+    rates: &[(f64, f64)],
+    factor: f64,
+    min_hosts: usize,
+    min_volume: f64,
+) -> Vec<usize> {
+    let qualified: Vec<(usize, f64)> = rates
+        .iter()
+        .enumerate()
+        .filter(|(_, (_, volume))| *volume >= min_volume)
+        .map(|(i, (rate, _))| (i, *rate))
+        .collect();
+    if qualified.len() < min_hosts.max(2) {
+        return Vec::new();
+    }
+    let n = qualified.len() as f64;
+    let mean = qualified.iter().map(|(_, r)| r).sum::<f64>() / n;
+    let variance = qualified
+        .iter()
+        .map(|(_, r)| (r - mean).powi(2))
+        .sum::<f64>()
+        / n;
+    let limit = mean - factor * variance.sqrt();
+    qualified
+        .into_iter()
+        .filter(|(_, r)| *r < limit)
+        .map(|(i, _)| i)
+        .collect()
+}
+
+/// Indices of the members whose latency exceeds `factor ×` the median of the *other* members
+/// and `min_latency_us`. `latencies` holds `None` for members without samples.
+pub fn latency_outliers(
+    latencies: &[Option<f64>],
+    factor: f64,
+    min_hosts: usize,
+    min_latency_us: f64,
+) -> Vec<usize> {
+    let measured: Vec<(usize, f64)> = latencies
+        .iter()
+        .enumerate()
+        .filter_map(|(i, l)| l.map(|l| (i, l)))
+        .collect();
+    if measured.len() < min_hosts.max(2) {
+        return Vec::new();
+    }
+    measured
+        .iter()
+        .filter(|(i, latency)| {
+            let mut peers: Vec<f64> = measured
+                .iter()
+                .filter(|(j, _)| j != i)
+                .map(|(_, l)| *l)
+                .collect();
+            peers.sort_by(f64::total_cmp);
+            let median = peers[peers.len() / 2];
+            *latency > min_latency_us && *latency > factor * median
+        })
+        .map(|(i, _)| *i)
+        .collect()
+}
