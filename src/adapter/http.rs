@@ -18,6 +18,7 @@ use std::rc::Rc;
 pub struct ReflexHttp {
     config: Option<Rc<Config>>,
     metrics: Option<Metrics>,
+    typical_latency: Rc<Vec<(String, f64)>>,
     rng: SplitMix64,
     /// Set when reflex answered the request itself: there is no upstream outcome to record.
     answered_locally: bool,
@@ -31,10 +32,16 @@ pub struct ReflexHttp {
 }
 
 impl ReflexHttp {
-    pub fn new(config: Option<Rc<Config>>, metrics: Option<Metrics>, context_id: u32) -> Self {
+    pub fn new(
+        config: Option<Rc<Config>>,
+        metrics: Option<Metrics>,
+        typical_latency: Rc<Vec<(String, f64)>>,
+        context_id: u32,
+    ) -> Self {
         ReflexHttp {
             config,
             metrics,
+            typical_latency,
             rng: SplitMix64::new(now_us() ^ (u64::from(context_id) << 32)),
             answered_locally: false,
             cluster: None,
@@ -94,7 +101,12 @@ impl ReflexHttp {
             return;
         };
         let table = EndpointTable::new(&HostStore, config);
-        let pick = match table.pick(&cluster, now(), &mut self.rng) {
+        let typical = self
+            .typical_latency
+            .iter()
+            .find(|(c, _)| *c == cluster)
+            .map(|(_, l)| *l);
+        let pick = match table.pick(&cluster, now(), &mut self.rng, typical) {
             Ok(Some(pick)) => pick,
             Ok(None) => {
                 Metrics::add(metrics.unsteered, 1);
@@ -105,10 +117,7 @@ impl ReflexHttp {
                 return;
             }
         };
-        // Left to the fallback policy now and then, so endpoints reflex has not seen get
-        // traffic and are learned; never while an endpoint is ejected, since the fallback
-        // policy does not know about ejections.
-        if !pick.any_excluded && self.rng.unit() < lb.explore_ratio {
+        if self.rng.unit() < pick.explore {
             Metrics::add(metrics.explored, 1);
             return;
         }

@@ -22,6 +22,9 @@ pub struct ReflexRoot {
     tracked: (usize, usize),
     /// Clusters this worker last saw in panic, to log entering and leaving once.
     panicking: Vec<String>,
+    /// Per cluster, the latency cold endpoints are scored with (refreshed each tick, handed
+    /// to every HTTP context).
+    typical_latency: Rc<Vec<(String, f64)>>,
 }
 
 impl Context for ReflexRoot {}
@@ -97,6 +100,7 @@ impl RootContext for ReflexRoot {
                     info!("reflex panic over in {cluster}");
                 }
                 self.panicking = sweep.panicking;
+                self.typical_latency = Rc::new(sweep.typical_latency_us);
                 if sweep.forgotten > 0 {
                     info!(
                         "reflex forgot {} endpoint(s) idle for more than {}",
@@ -125,6 +129,7 @@ impl RootContext for ReflexRoot {
         Some(Box::new(ReflexHttp::new(
             self.config.clone(),
             self.metrics,
+            self.typical_latency.clone(),
             context_id,
         )))
     }

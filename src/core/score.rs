@@ -1,7 +1,7 @@
 //! The cost of sending the next request to an endpoint, as power-of-two-choices compares it.
 //!
 //! ```text
-//! cost = latency × (in_flight + 1) × (1 + errorWeight × error_rate) / ramp
+//! cost = latency × (in_flight + 1) × (1 + errorWeight × error_rate)
 //! ```
 //!
 //! - `latency × (in_flight + 1)` is Finagle's and tower's peak-EWMA load: the expected wait
@@ -9,16 +9,19 @@
 //! - Failures are usually *fast* (a 503 in a millisecond), so latency alone would make a
 //!   failing endpoint look cheap and draw more traffic: the black-hole effect. The error term
 //!   makes an endpoint failing 30% of requests (weight 10) cost 4× a healthy one.
-//! - `ramp` in `(0, 1]` is slow start: a new or returning endpoint looks expensive at first
-//!   and earns its share over the slow-start window (floor 0.1, so it still gets some).
+//! - Slow start is not in the cost: [`ramp`] weighs how often P2C *draws* an endpoint (see
+//!   `core::p2c`), so a new endpoint earns its share over the window instead of being starved.
+//! - An endpoint without latency samples is scored with its cluster's typical latency (the
+//!   median of its peers), so a cold endpoint is neither favoured nor starved.
 //! - Later signals (in-band load reports from the upstream's reflex) multiply in here too.
 
-/// What the cost is computed from, for one endpoint at one moment.
+/// What the cost is computed from, for one endpoint at one moment (and its draw weight).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Load {
     pub latency_us: f64,
     pub in_flight: u32,
     pub error_rate: f64,
+    /// Slow-start weight in `[0.1, 1]`: not part of the cost.
     pub ramp: f64,
 }
 
@@ -27,11 +30,10 @@ pub fn cost(load: &Load, error_weight: f64) -> f64 {
     let latency = load.latency_us.max(1.0);
     let queue = f64::from(load.in_flight) + 1.0;
     let errors = 1.0 + error_weight * load.error_rate.clamp(0.0, 1.0);
-    let ramp = load.ramp.clamp(0.1, 1.0);
-    latency * queue * errors / ramp
+    latency * queue * errors
 }
 
-/// Slow-start ramp in `(0, 1]`: linear from 0.1 at `since` to 1 after `window`.
+/// Slow-start weight in `[0.1, 1]`: linear from 0.1 at age 0 to 1 after `window`.
 pub fn ramp(age_ms: u64, window_ms: u64) -> f64 {
     if window_ms == 0 || age_ms >= window_ms {
         1.0
@@ -80,7 +82,7 @@ mod tests {
             ramp: ramp(0, 10_000),
             ..load(1_000.0, 0, 0.0)
         };
-        assert_eq!(cost(&new, 10.0), 10_000.0);
+        assert_eq!(cost(&new, 10.0), 1_000.0, "the ramp weighs draws, not cost");
     }
 
     #[test]

@@ -135,7 +135,7 @@ pub struct EndpointSnapshot {
 }
 
 /// What a sweep did, for metrics and logs.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Sweep {
     pub forgotten: usize,
     pub clusters: usize,
@@ -144,16 +144,36 @@ pub struct Sweep {
     /// Clusters in panic.
     pub panicking: Vec<String>,
     pub transitions: Vec<Transition>,
+    /// Per cluster, the latency a cold endpoint is scored with until the next sweep.
+    pub typical_latency_us: Vec<(String, f64)>,
 }
 
 /// The endpoints to try, best first, for one request.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Pick {
     pub order: Vec<String>,
     pub panic: bool,
-    /// Some endpoint is ejected right now (so leaving the choice to the fallback policy,
-    /// which does not know about ejections, could send traffic to it).
-    pub any_excluded: bool,
+    /// Probability with which this request should be left to the fallback policy so that
+    /// endpoints reflex has not seen get traffic and are learned (see [`explore_probability`]).
+    pub explore: f64,
+}
+
+/// How long after the last discovery of a new endpoint exploration stays raised.
+const DISCOVERY_WINDOW: Millis = Millis(5_000);
+
+/// Exploration: reflex learns endpoints only from responses, and steers only to endpoints it
+/// knows, so unseen ones are found through requests left to the fallback policy. Right after
+/// an endpoint was discovered more are likely (start-up, a scale-up), so the share starts at
+/// one half and falls linearly to `ratio` over [`DISCOVERY_WINDOW`]. Never while an endpoint
+/// is ejected: the fallback policy does not know about ejections and could pick it.
+fn explore_probability(members: &[Member], now: Instant, ratio: f64) -> f64 {
+    if members.iter().any(|m| m.ejection.excludes(now)) {
+        return 0.0;
+    }
+    let newest = members.iter().map(|m| m.added_at).max().unwrap_or_default();
+    let since = now.since(newest).0.min(DISCOVERY_WINDOW.0) as f64;
+    let raised = 0.5 * (1.0 - since / DISCOVERY_WINDOW.0 as f64);
+    ratio.max(raised)
 }
 
 enum Listing {
@@ -181,6 +201,7 @@ impl<'a, S: SharedStore> EndpointTable<'a, S> {
         cluster: &str,
         now: Instant,
         rng: &mut impl Rng,
+        typical_latency_us: Option<f64>,
     ) -> Result<Option<Pick>, TableError> {
         let members: Vec<Member> = self.read_list(&cluster_key(cluster))?;
         let ejections: Vec<Ejection> = members.iter().map(|m| m.ejection).collect();
@@ -193,11 +214,15 @@ impl<'a, S: SharedStore> EndpointTable<'a, S> {
             return Ok(None);
         }
         let lb = &self.config.load_balancing;
-        let order = p2c::pick_order(candidates.len(), lb.fallbacks, rng, |i| {
+        let weights: Vec<f64> = candidates.iter().map(|m| self.ramp(m, now)).collect();
+        let order = p2c::pick_order(&weights, lb.fallbacks, rng, |i| {
             let record = self
                 .read_record(cluster, &candidates[i].address)
                 .unwrap_or_default();
-            score::cost(&self.load(candidates[i], &record, now), lb.error_weight)
+            score::cost(
+                &self.load(candidates[i], &record, now, typical_latency_us),
+                lb.error_weight,
+            )
         });
         Ok(Some(Pick {
             order: order
@@ -205,7 +230,7 @@ impl<'a, S: SharedStore> EndpointTable<'a, S> {
                 .map(|i| candidates[i].address.clone())
                 .collect(),
             panic,
-            any_excluded: members.iter().any(|m| m.ejection.excludes(now)),
+            explore: explore_probability(&members, now, lb.explore_ratio),
         }))
     }
 
@@ -303,6 +328,7 @@ impl<'a, S: SharedStore> EndpointTable<'a, S> {
             }
             changed
         })?;
+        self.forget_statistics(cluster, &transitions)?;
         Ok((recorded, transitions))
     }
 
@@ -331,24 +357,60 @@ impl<'a, S: SharedStore> EndpointTable<'a, S> {
         None
     }
 
-    fn load(&self, member: &Member, record: &EndpointRecord, now: Instant) -> Load {
-        let lb = &self.config.load_balancing;
-        let default_us = lb.default_rtt.0 as f64 * 1_000.0;
-        // A probing endpoint starts its slow start over; a healthy one ramps from when it
-        // joined or last returned.
-        let ramp_start = if member.ejection.is_probing(now) {
-            now
-        } else {
-            member.added_at.max(member.ejection.returned_at)
+    /// Slow-start weight: a probing endpoint ramps from the end of its ejection, a healthy one
+    /// from when it joined or last returned.
+    fn ramp(&self, member: &Member, now: Instant) -> f64 {
+        let start = match member.ejection.active {
+            Some(active) if member.ejection.is_probing(now) => active.until,
+            _ => member.added_at.max(member.ejection.returned_at),
         };
+        score::ramp(now.since(start).0, self.config.load_balancing.slow_start.0)
+    }
+
+    /// The P2C inputs of one endpoint; without latency samples it is scored with the cluster's
+    /// typical latency (or `defaultRtt` when none is known yet).
+    fn load(
+        &self,
+        member: &Member,
+        record: &EndpointRecord,
+        now: Instant,
+        typical_latency_us: Option<f64>,
+    ) -> Load {
+        let lb = &self.config.load_balancing;
+        let cold_us = typical_latency_us.unwrap_or(lb.default_rtt.0 as f64 * 1_000.0);
         Load {
-            latency_us: record
-                .latency
-                .estimate_us(now, lb.latency_decay, default_us),
+            latency_us: record.latency.estimate_us(now, lb.latency_decay, cold_us),
             in_flight: effective_in_flight(record, now),
             error_rate: record.counts.failure_rate(now, lb.error_window),
-            ramp: score::ramp(now.since(ramp_start).0, lb.slow_start.0),
+            ramp: self.ramp(member, now),
         }
+    }
+
+    /// An ejected endpoint starts over: its failures are what ejected it, and stale numbers
+    /// would keep it from winning a single P2C comparison when it is back on probation.
+    fn forget_statistics(
+        &self,
+        cluster: &str,
+        transitions: &[Transition],
+    ) -> Result<(), TableError> {
+        for t in transitions {
+            let endpoint = match t {
+                Transition::Ejected {
+                    endpoint,
+                    dry_run: false,
+                    ..
+                }
+                | Transition::Reejected { endpoint, .. } => endpoint,
+                _ => continue,
+            };
+            self.update_record(cluster, endpoint, &mut |r| {
+                r.latency = Default::default();
+                r.counts = Default::default();
+                r.consecutive_5xx = 0;
+                r.consecutive_gateway = 0;
+            })?;
+        }
+        Ok(())
     }
 
     /// Applies `change` to the endpoint's record, creating cluster and endpoint on first sight.
@@ -536,19 +598,24 @@ impl<'a, S: SharedStore> EndpointTable<'a, S> {
             let members: Vec<Member> = self.read_list(&cluster_key(&name))?;
             let ejections: Vec<Ejection> = members.iter().map(|m| m.ejection).collect();
             let panic = outlier::in_panic(&ejections, now, od);
-            let mut endpoints = Vec::new();
-            for member in members {
-                if let Some(record) = self.read_record(&name, &member.address) {
-                    let load = self.load(&member, &record, now);
+            let records: Vec<(Member, EndpointRecord)> = members
+                .into_iter()
+                .filter_map(|m| self.read_record(&name, &m.address).map(|r| (m, r)))
+                .collect();
+            let typical = self.typical_latency(records.iter().map(|(_, r)| r), now);
+            let endpoints = records
+                .into_iter()
+                .map(|(member, record)| {
+                    let load = self.load(&member, &record, now, typical);
                     let cost = score::cost(&load, self.config.load_balancing.error_weight);
-                    endpoints.push(EndpointSnapshot {
+                    EndpointSnapshot {
                         member,
                         record,
                         load,
                         cost,
-                    });
-                }
-            }
+                    }
+                })
+                .collect();
             clusters.push(ClusterSnapshot {
                 name,
                 panic,
@@ -556,6 +623,23 @@ impl<'a, S: SharedStore> EndpointTable<'a, S> {
             });
         }
         Ok(TableSnapshot { clusters })
+    }
+
+    /// The median latency estimate of the endpoints that have samples: what a cold endpoint of
+    /// the cluster is assumed to cost.
+    fn typical_latency<'r>(
+        &self,
+        records: impl Iterator<Item = &'r EndpointRecord>,
+        now: Instant,
+    ) -> Option<f64> {
+        let lb = &self.config.load_balancing;
+        let default_us = lb.default_rtt.0 as f64 * 1_000.0;
+        let mut estimates: Vec<f64> = records
+            .filter(|r| r.latency.value_us > 0.0)
+            .map(|r| r.latency.estimate_us(now, lb.latency_decay, default_us))
+            .collect();
+        estimates.sort_by(f64::total_cmp);
+        estimates.get(estimates.len() / 2).copied()
     }
 
     /// Housekeeping on the tick: forgets endpoints not seen for `forgetAfter` (and clusters
@@ -606,9 +690,12 @@ impl<'a, S: SharedStore> EndpointTable<'a, S> {
             }
             sweep.clusters += 1;
             sweep.endpoints += alive.len();
-            sweep
-                .transitions
-                .extend(self.peer_detectors(&cluster, &alive, now, rng)?);
+            let transitions = self.peer_detectors(&cluster, &alive, now, rng)?;
+            self.forget_statistics(&cluster, &transitions)?;
+            sweep.transitions.extend(transitions);
+            if let Some(typical) = self.typical_latency(alive.iter().map(|(_, r)| r), now) {
+                sweep.typical_latency_us.push((cluster.clone(), typical));
+            }
             let members: Vec<Member> = self.read_list(&list_key)?;
             let ejections: Vec<Ejection> = members.iter().map(|m| m.ejection).collect();
             sweep.ejected += ejections.iter().filter(|e| e.excludes(now)).count();

@@ -4,6 +4,7 @@
 //! `./build.sh test` builds the filter first and points `REFLEX_WASM` at it.
 
 mod config_rejection;
+mod endpoint_intelligence;
 mod observability;
 mod shared_state;
 mod shipped_configs;
