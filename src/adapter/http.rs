@@ -24,8 +24,9 @@ pub struct ReflexHttp {
     answered_locally: bool,
     /// The destination cluster, from the route (known before the router runs).
     cluster: Option<String>,
-    /// The endpoint reflex counted this request against as in flight.
-    picked: Option<String>,
+    /// The endpoints written into the steering header, in order (the first is counted as in
+    /// flight); empty when reflex did not steer this request.
+    order: Vec<String>,
     started_us: u64,
     /// When the response headers arrived (time to first byte).
     answered_us: Option<u64>,
@@ -45,7 +46,7 @@ impl ReflexHttp {
             rng: SplitMix64::new(now_us() ^ (u64::from(context_id) << 32)),
             answered_locally: false,
             cluster: None,
-            picked: None,
+            order: Vec::new(),
             started_us: 0,
             answered_us: None,
         }
@@ -133,7 +134,7 @@ impl ReflexHttp {
         if table.begin(&cluster, first, now()).is_err() {
             Metrics::add(metrics.shared_state_errors, 1);
         }
-        self.picked = Some(first.clone());
+        self.order = pick.order;
     }
 }
 
@@ -193,7 +194,7 @@ impl HttpContext for ReflexHttp {
         };
         let served = property(&["upstream", "address"]);
         let served = served.as_deref().and_then(properties::string);
-        if served.is_none() && self.picked.is_none() {
+        if served.is_none() && self.order.is_empty() {
             // No upstream was chosen (no route, no healthy host): nothing to learn.
             return;
         }
@@ -208,7 +209,7 @@ impl HttpContext for ReflexHttp {
         let table = EndpointTable::new(&HostStore, &config);
         match table.complete(
             &cluster,
-            self.picked.as_deref(),
+            &self.order,
             served,
             observation,
             now(),

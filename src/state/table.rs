@@ -243,26 +243,55 @@ impl<'a, S: SharedStore> EndpointTable<'a, S> {
         .map(|_| ())
     }
 
-    /// Finishes a request: the endpoint reflex counted it against (`picked`, if any) is no
-    /// longer in flight; the endpoint that actually answered (`served`) gets the observation,
-    /// inline detectors run on its new statistics, and a probing endpoint's probe is counted.
+    /// Finishes a request steered to `order` (empty when reflex did not steer it) and answered
+    /// by `served`. The first endpoint of `order` is no longer in flight. Envoy's override_host
+    /// policy tries the endpoints of `order` one after the other, so when `served` is the k-th,
+    /// the k before it each failed an attempt (when it is absent, all of them did, or were
+    /// unknown to Envoy): a filter in the HTTP chain sees only the last attempt, and this is
+    /// how retries cannot hide a failing endpoint. Each endpoint gets its observation, inline
+    /// detectors run on its new statistics, and a probing endpoint's probe is counted.
     pub fn complete(
         &self,
         cluster: &str,
-        picked: Option<&str>,
+        order: &[String],
         served: Option<&str>,
         observation: Observation,
         now: Instant,
         rng: &mut impl Rng,
     ) -> Result<(Recorded, Vec<Transition>), TableError> {
+        let picked = order.first().map(String::as_str);
         if let Some(picked) = picked.filter(|p| Some(*p) != served) {
             self.update_record(cluster, picked, &mut |r| release(r, now))?;
         }
         let Some(served) = served else {
             return Ok((Recorded::Counted, Vec::new()));
         };
+        let failed_before = match order.iter().position(|o| o == served) {
+            Some(k) => &order[..k],
+            None => order,
+        };
+        let mut transitions = Vec::new();
+        let failed_attempt = Observation { outcome: Outcome::Failure, gateway_failure: true, latency_us: None };
+        for endpoint in failed_before {
+            let (_, t) = self.observe_endpoint(cluster, endpoint, failed_attempt, false, now, rng)?;
+            transitions.extend(t);
+        }
+        let (recorded, t) = self.observe_endpoint(cluster, served, observation, picked == Some(served), now, rng)?;
+        transitions.extend(t);
+        Ok((recorded, transitions))
+    }
+
+    /// Folds one attempt's observation into `endpoint`'s statistics and ejection state.
+    fn observe_endpoint(
+        &self,
+        cluster: &str,
+        served: &str,
+        observation: Observation,
+        was_picked: bool,
+        now: Instant,
+        rng: &mut impl Rng,
+    ) -> Result<(Recorded, Vec<Transition>), TableError> {
         let lb = &self.config.load_balancing;
-        let was_picked = picked == Some(served);
         let mut updated = EndpointRecord::default();
         let recorded = self.record_with(cluster, served, now, |r| {
             if was_picked {
@@ -953,7 +982,7 @@ mod tests {
                 latency_us: None,
             };
             let mut rng = SplitMix64::new(now.0);
-            self.complete(cluster, None, Some(endpoint), observation, now, &mut rng)
+            self.complete(cluster, &[], Some(endpoint), observation, now, &mut rng)
                 .map(|(r, _)| r)
         }
     }

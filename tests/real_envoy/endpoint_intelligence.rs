@@ -264,3 +264,30 @@ fn dry_run_detector_reports_but_keeps_the_endpoint_in_service() {
     assert_eq!(prometheus_value(&prom, "reflex_ejections_total"), Some(0));
     assert_eq!(endpoint_state(addr, &ups[0]).0, "ejected-dry-run");
 }
+
+#[test]
+fn retries_cannot_hide_a_failing_endpoint() {
+    // With a retry policy, the HTTP filter sees only the final attempt; reflex infers the
+    // earlier failed attempts from the order it wrote into the steering header.
+    let config = r#"{"version": 1, "status": {"enabled": true}}"#;
+    let ups = upstreams(5);
+    ups.iter().for_each(|u| u.set_behaviour(healthy()));
+    let mut proxy = ProxyConfig::new(&addrs(&ups)).with_http_filter(reflex_filter(config));
+    proxy.cluster = override_host_cluster();
+    proxy.route = serde_json::json!({"retry_policy": {"retry_on": "5xx,reset,connect-failure", "num_retries": 2}});
+    let envoy = start(proxy.render(), 2);
+    let addr = envoy.listener_addr("ingress").unwrap();
+    load(addr, 150.0, 1.5);
+    ups[4].set_behaviour(Behaviour::ok().with_status_mix(&[(503, 1)]));
+    let during = load(addr, 150.0, 1.0);
+    // Retries to other endpoints saved every request...
+    assert_eq!(during.ok(), during.sent, "{}", during.summary());
+    // ...but the failing endpoint was still detected and ejected.
+    assert_eq!(endpoint_state(addr, &ups[4]), ("ejected".to_string(), Some("consecutiveGatewayFailure".to_string())));
+    let before = served(&ups[4]);
+    let after = load(addr, 150.0, 1.5);
+    assert_eq!(served(&ups[4]) - before, 0);
+    let upstream_total: u64 = ups.iter().map(served).sum::<u64>();
+    assert_eq!(after.ok(), after.sent);
+    assert!(upstream_total > 0);
+}
