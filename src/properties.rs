@@ -29,6 +29,24 @@ pub fn is_loopback_peer(address: &str) -> bool {
     }
 }
 
+/// Cluster metadata `filter_metadata.reflex.steering` that marks a cluster whose load
+/// balancer honours reflex's steering header (set by the same patch that installs the
+/// override_host policy).
+pub const STEERING_MARK_PATH: [&str; 5] = [
+    "xds",
+    "cluster_metadata",
+    "filter_metadata",
+    "reflex",
+    "steering",
+];
+
+/// Whether the value at [`STEERING_MARK_PATH`] says the cluster uses override_host. Only then
+/// does reflex write the header and infer failed attempts from its order: on any other
+/// cluster the header would be ignored and the inference wrong.
+pub fn is_steered_cluster(mark: &[u8]) -> bool {
+    mark == b"override_host"
+}
+
 /// The path of a `:path` header without its query string or fragment.
 pub fn path_only(path: &str) -> &str {
     let end = path.find(['?', '#']).unwrap_or(path.len());
@@ -68,6 +86,14 @@ mod tests {
         assert!(!is_loopback_peer("127.0.0.1"));
         assert!(!is_loopback_peer("/var/run/sock"));
         assert!(!is_loopback_peer(""));
+    }
+
+    #[test]
+    fn only_the_exact_mark_enables_steering() {
+        assert!(is_steered_cluster(b"override_host"));
+        assert!(!is_steered_cluster(b"OVERRIDE_HOST"));
+        assert!(!is_steered_cluster(&[1]));
+        assert!(!is_steered_cluster(b""));
     }
 
     #[test]

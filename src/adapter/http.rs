@@ -167,7 +167,13 @@ impl HttpContext for ReflexHttp {
             .and_then(properties::string)
             .map(str::to_string);
         if config.load_balancing.enabled {
-            self.steer(&config, &metrics);
+            let steered = property(&properties::STEERING_MARK_PATH)
+                .is_some_and(|mark| properties::is_steered_cluster(&mark));
+            if steered {
+                self.steer(&config, &metrics);
+            } else {
+                Metrics::add(metrics.unsteered, 1);
+            }
         }
         Action::Continue
     }

@@ -17,7 +17,9 @@ pub struct Metrics {
     pub picks: u32,
     /// Picks made in `loadBalancing.dryRun` (decided and counted, header not written).
     pub dry_run_picks: u32,
-    /// Requests left to the fallback policy because reflex knows no endpoint of the cluster.
+    /// Requests left to Envoy's own load balancing: the cluster is not marked for steering
+    /// (`filter_metadata.reflex.steering: override_host`), or reflex knows none of its
+    /// endpoints yet.
     pub unsteered: u32,
     /// Requests deliberately left to the fallback policy to discover new endpoints.
     pub explored: u32,

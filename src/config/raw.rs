@@ -95,7 +95,10 @@ impl Default for RawLoadBalancing {
         RawLoadBalancing {
             enabled: true,
             dry_run: false,
-            latency_decay: Millis::from_secs(10),
+            // Short enough that one scheduling hiccup on a healthy endpoint is forgiven within
+            // a couple of seconds (peak-EWMA jumps to every spike), long enough that a slow
+            // endpoint is re-tested only every few seconds.
+            latency_decay: Millis::from_secs(2),
             default_rtt: Millis(25),
             error_window: Millis::from_secs(10),
             error_weight: 10.0,

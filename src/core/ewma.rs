@@ -54,6 +54,36 @@ impl PeakEwma {
     }
 }
 
+/// A plain (symmetric) exponentially weighted moving average of latency with the same
+/// time-based weight: the *typical* latency of an endpoint, which the latency detector and the
+/// cold-endpoint estimate compare. Peak-EWMA is deliberately pessimistic for load balancing;
+/// comparing endpoints by their worst recent spike would call every endpoint an outlier after
+/// one hiccup.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct MeanEwma {
+    pub value_us: f64,
+    pub at: Instant,
+}
+
+impl MeanEwma {
+    pub fn observe(&mut self, sample_us: f64, now: Instant, decay: Millis) {
+        let sample = if sample_us.is_finite() {
+            sample_us.max(0.0)
+        } else {
+            0.0
+        };
+        if self.value_us <= 0.0 {
+            self.value_us = sample;
+        } else {
+            // Weight at least a few percent per sample: under heavy traffic samples arrive
+            // microseconds apart and a purely time-based weight would never move.
+            let w = weight(now.since(self.at), decay).min(0.95);
+            self.value_us = self.value_us * w + sample * (1.0 - w);
+        }
+        self.at = self.at.max(now);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[cfg(target_arch = "wasm32")]
@@ -102,6 +132,22 @@ mod tests {
         let mut fast = PeakEwma::default();
         fast.observe(2_000.0, Instant(0), DECAY);
         assert_eq!(fast.estimate_us(Instant(60_000), DECAY, 10_000.0), 2_000.0);
+    }
+
+    #[test]
+    fn mean_ewma_follows_the_typical_value_not_the_spikes() {
+        let mut m = MeanEwma::default();
+        m.observe(5_000.0, Instant(0), DECAY);
+        for i in 1..100 {
+            let sample = if i % 20 == 0 { 50_000.0 } else { 5_000.0 };
+            m.observe(sample, Instant(i * 10), DECAY);
+        }
+        assert!(m.value_us < 15_000.0, "{}", m.value_us);
+        // A lasting change moves it within a few dozen samples.
+        for i in 100..160 {
+            m.observe(40_000.0, Instant(i * 10), DECAY);
+        }
+        assert!(m.value_us > 30_000.0, "{}", m.value_us);
     }
 
     #[test]

@@ -174,7 +174,15 @@ pub fn eject(
         let ejected = members.iter().filter(|m| m.counts_as_ejected()).count();
         let allowed = (members.len() * config.max_ejection_percent as usize / 100)
             .max(usize::from(members.len() >= 2));
-        if ejected + 1 > allowed || in_panic(members, now, config) {
+        // The panic floor: never eject an endpoint if that leaves too few healthy ones.
+        let healthy_after = members
+            .iter()
+            .enumerate()
+            .filter(|(i, m)| *i != index && m.healthy(now))
+            .count();
+        let below_floor =
+            healthy_after * 100 < members.len() * config.panic_threshold_percent as usize;
+        if ejected + 1 > allowed || below_floor {
             let member = &mut members[index];
             if member.blocked_at != Instant(0)
                 && now.since(member.blocked_at).0 < BLOCKED_MEMORY.0 / 2
@@ -318,4 +326,252 @@ pub fn latency_outliers(
         })
         .map(|(i, _)| *i)
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    use super::*;
+    use crate::config::Config;
+    use crate::core::rng::SplitMix64;
+
+    fn config(extra: &str) -> OutlierDetection {
+        let json = format!(
+            r#"{{"version": 1, "outlierDetection": {{"baseEjectionTime": "10s", "maxEjectionTime": "60s" {extra}}}}}"#
+        );
+        Config::parse(json.as_bytes()).unwrap().outlier_detection
+    }
+
+    fn members(n: usize) -> Vec<Ejection> {
+        vec![Ejection::default(); n]
+    }
+
+    #[test]
+    fn ejection_time_grows_with_each_ejection_up_to_the_cap_with_jitter() {
+        let config = config("");
+        let mut rng = SplitMix64::new(1);
+        let mut m = members(4);
+        let mut now = Instant(1_000_000);
+        for (n, expected) in [(1u64, 10_000u64), (2, 20_000), (3, 30_000), (7, 60_000)] {
+            m[0].count = n as u32 - 1;
+            m[0].returned_at = now;
+            let Verdict::Ejected { until, dry_run } =
+                eject(&mut m, 0, Detector::Consecutive5xx, now, &config, &mut rng)
+            else {
+                panic!("not ejected");
+            };
+            assert!(!dry_run);
+            let took = until.0 - now.0;
+            assert!(
+                took >= expected * 9 / 10 && took <= expected * 11 / 10,
+                "n={n}: {took}"
+            );
+            m[0].active = None;
+            now = Instant(now.0 + 1);
+        }
+    }
+
+    #[test]
+    fn ejection_count_resets_after_a_long_healthy_spell() {
+        let config = config("");
+        let mut rng = SplitMix64::new(2);
+        let mut m = members(4);
+        m[0].count = 5;
+        m[0].returned_at = Instant(0);
+        let Verdict::Ejected { until, .. } = eject(
+            &mut m,
+            0,
+            Detector::Latency,
+            Instant(120_000),
+            &config,
+            &mut rng,
+        ) else {
+            panic!("not ejected");
+        };
+        assert!(
+            until.0 - 120_000 <= 11_000,
+            "started over at base: {}",
+            until.0 - 120_000
+        );
+        assert_eq!(m[0].count, 1);
+        assert_eq!(m[0].last_detector, Some(Detector::Latency));
+    }
+
+    #[test]
+    fn max_ejection_percent_allows_at_least_one_and_blocks_beyond() {
+        let config = config(r#", "maxEjectionPercent": 20, "panicThresholdPercent": 0"#);
+        let mut rng = SplitMix64::new(3);
+        let mut m = members(4);
+        let now = Instant(5_000);
+        assert!(matches!(
+            eject(&mut m, 0, Detector::Consecutive5xx, now, &config, &mut rng),
+            Verdict::Ejected { .. }
+        ));
+        assert_eq!(
+            eject(&mut m, 1, Detector::Consecutive5xx, now, &config, &mut rng),
+            Verdict::Blocked
+        );
+        // Reported once, not on every failing response.
+        assert_eq!(
+            eject(
+                &mut m,
+                1,
+                Detector::Consecutive5xx,
+                Instant(5_100),
+                &config,
+                &mut rng
+            ),
+            Verdict::AlreadyEjected
+        );
+        assert_eq!(
+            eject(&mut m, 0, Detector::Consecutive5xx, now, &config, &mut rng),
+            Verdict::AlreadyEjected
+        );
+        let mut single = members(1);
+        assert_eq!(
+            eject(
+                &mut single,
+                0,
+                Detector::Consecutive5xx,
+                now,
+                &config,
+                &mut rng
+            ),
+            Verdict::Blocked
+        );
+    }
+
+    #[test]
+    fn panic_when_too_few_endpoints_are_healthy() {
+        let config = config(r#", "maxEjectionPercent": 100, "panicThresholdPercent": 50"#);
+        let mut rng = SplitMix64::new(4);
+        let mut m = members(4);
+        let now = Instant(1_000);
+        assert!(!in_panic(&m, now, &config));
+        assert!(matches!(
+            eject(&mut m, 0, Detector::Consecutive5xx, now, &config, &mut rng),
+            Verdict::Ejected { .. }
+        ));
+        assert!(matches!(
+            eject(&mut m, 1, Detector::Consecutive5xx, now, &config, &mut rng),
+            Verdict::Ejected { .. }
+        ));
+        assert!(
+            !in_panic(&m, now, &config),
+            "2 of 4 healthy is exactly the threshold"
+        );
+        assert_eq!(
+            eject(&mut m, 2, Detector::Consecutive5xx, now, &config, &mut rng),
+            Verdict::Blocked
+        );
+        assert!(
+            in_panic(&m, now, &config),
+            "a blocked trip counts as unhealthy"
+        );
+        assert!(!in_panic(&m, Instant(now.0 + 2_001), &config) || m[0].counts_as_ejected());
+    }
+
+    #[test]
+    fn probes_return_an_endpoint_or_re_eject_it_for_longer() {
+        let config = config(r#", "probes": 2"#);
+        let mut rng = SplitMix64::new(5);
+        let mut m = members(3);
+        let Verdict::Ejected { until, .. } = eject(
+            &mut m,
+            0,
+            Detector::SuccessRate,
+            Instant(0),
+            &config,
+            &mut rng,
+        ) else {
+            panic!("not ejected");
+        };
+        assert!(m[0].excludes(Instant(until.0 - 1)));
+        assert_eq!(
+            probe(&mut m, 0, true, Instant(until.0 - 1), &config, &mut rng),
+            ProbeResult::NotProbing
+        );
+        assert!(m[0].is_probing(until) && !m[0].excludes(until));
+        assert_eq!(
+            probe(&mut m, 0, true, until, &config, &mut rng),
+            ProbeResult::Counted
+        );
+        let ProbeResult::Reejected { until: again } =
+            probe(&mut m, 0, false, until, &config, &mut rng)
+        else {
+            panic!("a failed probe must re-eject");
+        };
+        assert!(
+            again.0 - until.0 >= 18_000,
+            "second ejection is longer: {}",
+            again.0 - until.0
+        );
+        assert_eq!(
+            probe(&mut m, 0, true, again, &config, &mut rng),
+            ProbeResult::Counted
+        );
+        assert_eq!(
+            probe(&mut m, 0, true, again, &config, &mut rng),
+            ProbeResult::Returned
+        );
+        assert_eq!(m[0].active, None);
+        assert_eq!(m[0].returned_at, again);
+    }
+
+    #[test]
+    fn dry_run_ejection_runs_the_lifecycle_without_excluding() {
+        let config = config(r#", "consecutive5xx": {"dryRun": true}, "maxEjectionPercent": 0"#);
+        let mut rng = SplitMix64::new(6);
+        let mut m = members(2);
+        let verdict = eject(
+            &mut m,
+            0,
+            Detector::Consecutive5xx,
+            Instant(0),
+            &config,
+            &mut rng,
+        );
+        assert!(
+            matches!(verdict, Verdict::Ejected { dry_run: true, .. }),
+            "{verdict:?}"
+        );
+        assert!(!m[0].excludes(Instant(1)));
+        // A dry-run ejection is not limited by maxEjectionPercent, and does not count against it.
+        assert!(!m[0].counts_as_ejected());
+    }
+
+    #[test]
+    fn success_rate_outliers_follow_mean_minus_k_stdev() {
+        let perfect = (1.0, 100.0);
+        let rates = [perfect, perfect, perfect, perfect, (0.7, 100.0)];
+        assert_eq!(success_rate_outliers(&rates, 1.9, 3, 20.0), vec![4]);
+        // Not enough volume: not judged, and too few hosts left to judge the rest.
+        let rates = [perfect, (0.99, 100.0), (0.2, 5.0)];
+        assert!(success_rate_outliers(&rates, 1.9, 3, 20.0).is_empty());
+        // All equal: no outlier.
+        assert!(success_rate_outliers(&[perfect; 5], 1.9, 3, 20.0).is_empty());
+    }
+
+    #[test]
+    fn latency_outliers_compare_with_the_median_of_peers() {
+        let l = |ms: f64| Some(ms * 1_000.0);
+        let latencies = [l(5.0), l(6.0), l(5.5), l(50.0), None];
+        assert_eq!(latency_outliers(&latencies, 3.0, 3, 10_000.0), vec![3]);
+        // Below the absolute floor: not an outlier however relatively slow.
+        let fast = [l(0.1), l(0.1), l(0.1), l(2.0)];
+        assert!(latency_outliers(&fast, 3.0, 3, 10_000.0).is_empty());
+        // Too few measured endpoints.
+        assert!(latency_outliers(&[l(5.0), l(50.0), None], 3.0, 3, 1.0).is_empty());
+    }
+
+    #[test]
+    fn detector_codes_round_trip() {
+        for d in Detector::ALL {
+            assert_eq!(Detector::from_code(d as u8), Some(d));
+        }
+        assert_eq!(Detector::from_code(0), None);
+        assert_eq!(Detector::from_code(99), None);
+    }
 }

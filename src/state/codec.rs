@@ -7,7 +7,7 @@
 //! lists carry their length and every length is bounded, so a corrupt value cannot make a
 //! reader allocate without bound.
 
-use crate::core::ewma::PeakEwma;
+use crate::core::ewma::{MeanEwma, PeakEwma};
 use crate::core::outlier::{ActiveEjection, Detector, Ejection};
 use crate::core::rate::DecayedCounts;
 use crate::core::time::Instant;
@@ -39,7 +39,10 @@ pub struct EndpointRecord {
     /// Requests sent and not yet finished, across workers, and when that last changed.
     pub in_flight: u32,
     pub in_flight_at: Instant,
+    /// Pessimistic latency for P2C.
     pub latency: PeakEwma,
+    /// Typical latency for the latency detector and cold-endpoint scoring.
+    pub mean_latency: MeanEwma,
     pub counts: DecayedCounts,
     pub consecutive_5xx: u32,
     pub consecutive_gateway: u32,
@@ -138,6 +141,8 @@ impl EndpointRecord {
         w.u64(self.in_flight_at.0);
         w.f64(self.latency.value_us);
         w.u64(self.latency.at.0);
+        w.f64(self.mean_latency.value_us);
+        w.u64(self.mean_latency.at.0);
         w.f64(self.counts.successes);
         w.f64(self.counts.failures);
         w.u64(self.counts.at.0);
@@ -155,6 +160,10 @@ impl EndpointRecord {
             in_flight: r.u32()?,
             in_flight_at: Instant(r.u64()?),
             latency: PeakEwma {
+                value_us: r.f64()?,
+                at: Instant(r.u64()?),
+            },
+            mean_latency: MeanEwma {
                 value_us: r.f64()?,
                 at: Instant(r.u64()?),
             },
@@ -301,6 +310,10 @@ mod tests {
             in_flight_at: Instant(9),
             latency: PeakEwma {
                 value_us: 1234.5,
+                at: Instant(8),
+            },
+            mean_latency: MeanEwma {
+                value_us: 1000.25,
                 at: Instant(8),
             },
             counts: DecayedCounts {

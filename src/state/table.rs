@@ -271,12 +271,24 @@ impl<'a, S: SharedStore> EndpointTable<'a, S> {
             None => order,
         };
         let mut transitions = Vec::new();
-        let failed_attempt = Observation { outcome: Outcome::Failure, gateway_failure: true, latency_us: None };
+        let failed_attempt = Observation {
+            outcome: Outcome::Failure,
+            gateway_failure: true,
+            latency_us: None,
+        };
         for endpoint in failed_before {
-            let (_, t) = self.observe_endpoint(cluster, endpoint, failed_attempt, false, now, rng)?;
+            let (_, t) =
+                self.observe_endpoint(cluster, endpoint, failed_attempt, false, now, rng)?;
             transitions.extend(t);
         }
-        let (recorded, t) = self.observe_endpoint(cluster, served, observation, picked == Some(served), now, rng)?;
+        let (recorded, t) = self.observe_endpoint(
+            cluster,
+            served,
+            observation,
+            picked == Some(served),
+            now,
+            rng,
+        )?;
         transitions.extend(t);
         Ok((recorded, transitions))
     }
@@ -390,7 +402,7 @@ impl<'a, S: SharedStore> EndpointTable<'a, S> {
     /// from when it joined or last returned.
     fn ramp(&self, member: &Member, now: Instant) -> f64 {
         let start = match member.ejection.active {
-            Some(active) if member.ejection.is_probing(now) => active.until,
+            Some(active) if member.ejection.is_probing(now) && !active.dry_run => active.until,
             _ => member.added_at.max(member.ejection.returned_at),
         };
         score::ramp(now.since(start).0, self.config.load_balancing.slow_start.0)
@@ -434,6 +446,7 @@ impl<'a, S: SharedStore> EndpointTable<'a, S> {
             };
             self.update_record(cluster, endpoint, &mut |r| {
                 r.latency = Default::default();
+                r.mean_latency = Default::default();
                 r.counts = Default::default();
                 r.consecutive_5xx = 0;
                 r.consecutive_gateway = 0;
@@ -764,11 +777,13 @@ impl<'a, S: SharedStore> EndpointTable<'a, S> {
         }
         let slow: Vec<String> = match &d.latency {
             Some(l) => {
-                // The last measured peak-EWMA, not its idle decay: P2C starves a slow endpoint
-                // of traffic, and starving it must not make it look fast to the detector.
+                // The typical latency as last measured, not decayed by idleness: P2C starves a
+                // slow endpoint of traffic, and starving it must not make it look fast.
                 let latencies: Vec<Option<f64>> = alive
                     .iter()
-                    .map(|(_, r)| (r.latency.value_us > 0.0).then_some(r.latency.value_us))
+                    .map(|(_, r)| {
+                        (r.mean_latency.value_us > 0.0).then_some(r.mean_latency.value_us)
+                    })
                     .collect();
                 outlier::latency_outliers(
                     &latencies,
@@ -909,6 +924,7 @@ fn observe(
     r.counts.record(o.outcome, now, error_window);
     if let Some(latency) = o.latency_us {
         r.latency.observe(latency, now, latency_decay);
+        r.mean_latency.observe(latency, now, latency_decay);
     }
     match o.outcome {
         Outcome::Success => {

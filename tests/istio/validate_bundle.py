@@ -838,15 +838,15 @@ def check_selection_and_priority(ctx: Ctx):
     return "reflex.io/enabled=true, priority 10"
 
 
-def outbound_yaml_policy() -> dict:
+def outbound_yaml_cluster() -> dict:
     doc = yaml.safe_load(OUTBOUND_YAML.read_text())
-    return doc["static_resources"]["clusters"][0]["load_balancing_policy"]
+    return doc["static_resources"]["clusters"][0]
 
 
 def check_cluster_patch(ctx: Ctx):
     patches = config_patches(ctx.bundle, "CLUSTER", "SIDECAR_OUTBOUND")
     expect(patches, "no CLUSTER patch for SIDECAR_OUTBOUND")
-    want = outbound_yaml_policy()
+    want = outbound_yaml_cluster()
     for d, cp in patches:
         expect(cp["match"].get("context") == "SIDECAR_OUTBOUND", "CLUSTER patches must be SIDECAR_OUTBOUND")
         svc = (cp["match"].get("cluster") or {}).get("service") or (cp["match"].get("cluster") or {}).get("name")
@@ -854,8 +854,13 @@ def check_cluster_patch(ctx: Ctx):
                     "which Envoy rejects with override_host)")
         expect(cp["patch"]["operation"] == "MERGE", "the cluster patch must be a MERGE")
         value = cp["patch"]["value"]
-        expect(set(value) == {"load_balancing_policy"}, f"the cluster patch must set load_balancing_policy only, sets {sorted(value)}")
-        expect(value["load_balancing_policy"] == want, "load_balancing_policy differs from envoy/outbound.yaml")
+        expect(set(value) == {"load_balancing_policy", "metadata"},
+               f"the cluster patch must set load_balancing_policy and the steering mark only, sets {sorted(value)}")
+        expect(value["load_balancing_policy"] == want["load_balancing_policy"], "load_balancing_policy differs from envoy/outbound.yaml")
+        # reflex steers only clusters carrying this mark (filter_metadata merges by key, so
+        # Istio's own filter_metadata.istio stays).
+        expect(value["metadata"] == want["metadata"] == {"filter_metadata": {"reflex": {"steering": "override_host"}}},
+               "the steering mark differs from envoy/outbound.yaml")
         src = value["load_balancing_policy"]["policies"][0]["typed_extension_config"]["typed_config"]["override_host_sources"]
         expect(src == [{"header": STEERING_HEADER}] and ctx.fixture["steering"]["header"] == STEERING_HEADER,
                "override host header must be the configured steering header")
@@ -1092,7 +1097,9 @@ def check_compose_envoy(ctx: Ctx):
     hosts = [e["endpoint"]["address"]["socket_address"]["address"]
              for le in cluster["load_assignment"]["endpoints"] for e in le["lb_endpoints"]]
     expect(hosts == ["u0", "u1", "u2"], f"compose upstream hosts: {hosts}")
-    expect(cluster["load_balancing_policy"] == outbound_yaml_policy(), "load_balancing_policy differs from envoy/outbound.yaml")
+    want = outbound_yaml_cluster()
+    expect(cluster["load_balancing_policy"] == want["load_balancing_policy"], "load_balancing_policy differs from envoy/outbound.yaml")
+    expect(cluster.get("metadata") == want["metadata"], "the steering mark differs from envoy/outbound.yaml")
     hf = doc["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"]
     ref = yaml.safe_load(OUTBOUND_YAML.read_text())["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"]
     a, b = copy.deepcopy(hf), copy.deepcopy(ref)

@@ -47,10 +47,12 @@ pub fn reflex_filter(config: &str) -> Value {
 }
 
 /// The cluster settings reflex steers through: override_host from `x-reflex-endpoint`, with
-/// LEAST_REQUEST when the header is absent or names an unknown host.
+/// LEAST_REQUEST when the header is absent or names an unknown host, and the metadata mark
+/// that tells reflex the cluster honours the header.
 pub fn override_host_cluster() -> Value {
     json!({
         "lb_policy": null,
+        "metadata": {"filter_metadata": {"reflex": {"steering": "override_host"}}},
         "load_balancing_policy": {"policies": [{"typed_extension_config": {
             "name": "envoy.load_balancing_policies.override_host",
             "typed_config": {

@@ -3,9 +3,9 @@
 //! saw printed as it happens. Bounded (about 25 s) and self-cleaning: every process it starts
 //! is stopped when it ends, on success or failure.
 //!
-//! What it shows today is reflex's shared view of the endpoints (per-endpoint requests and
-//! failures across all Envoy workers, from the status endpoint and Prometheus metrics).
-//! Steering and ejection are not built yet: the demo says so instead of pretending.
+//! It shows, per phase, what the clients got, where the traffic actually went (the upstreams'
+//! own counters), and what reflex decided (endpoint state and reason from its status
+//! endpoint, the same view on every Envoy worker).
 
 use reflex_harness::envoy::shipped_config;
 use reflex_harness::load::{open_loop, OpenLoop, RequestSpec};
@@ -18,28 +18,35 @@ use std::time::Duration;
 
 const RPS: f64 = 150.0;
 const PHASE_SECS: u64 = 5;
+/// Long enough for an ejection (10 s ± 10% by default) to end and the endpoint to return.
+const RECOVERY_SECS: u64 = 14;
 const STATUS_PATH: &str = "/.reflex/status";
 
 struct Phase {
     title: &'static str,
+    secs: u64,
     apply: fn(&[Upstream]),
 }
 
 const PHASES: [Phase; 4] = [
     Phase {
         title: "healthy: three endpoints, 2-4 ms each",
+        secs: PHASE_SECS,
         apply: |ups| ups.iter().for_each(|u| u.set_behaviour(healthy())),
     },
     Phase {
-        title: "fault: u1 answers 503 to half its requests",
-        apply: |ups| ups[1].set_behaviour(healthy().with_status_mix(&[(200, 1), (503, 1)])),
+        title: "fault: u1 dies (every request answered 503)",
+        secs: PHASE_SECS,
+        apply: |ups| ups[1].set_behaviour(Behaviour::ok().with_status_mix(&[(503, 1)])),
     },
     Phase {
-        title: "fault: u2 turns slow (120 ms), u1 still flaky",
-        apply: |ups| ups[2].set_behaviour(Behaviour::ok().with_latency_ms(120, 10)),
+        title: "fault: u2 turns 10x slower (30 ms, no errors), u1 still dead",
+        secs: PHASE_SECS,
+        apply: |ups| ups[2].set_behaviour(Behaviour::ok().with_latency_ms(30, 4)),
     },
     Phase {
         title: "recovery: all endpoints healthy again",
+        secs: RECOVERY_SECS,
         apply: |ups| ups.iter().for_each(|u| u.set_behaviour(healthy())),
     },
 ];
@@ -103,12 +110,11 @@ fn run() -> Result<(), String> {
         .iter()
         .map(|u| (u.addr().to_string(), u.name().to_string()))
         .collect();
-    let mut before = endpoint_counts(addr, &names)?;
     for phase in &PHASES {
         (phase.apply)(&ups);
         println!("== {}", phase.title);
         let mut total = LoadReport::default();
-        for second in 1..=PHASE_SECS {
+        for second in 1..=phase.secs {
             let report = open_loop(
                 addr,
                 &RequestSpec::get("/demo"),
@@ -122,20 +128,12 @@ fn run() -> Result<(), String> {
             println!("  t+{second}s  {}", progress(&report));
             total.merge(report);
         }
-        let after = endpoint_counts(addr, &names)?;
-        println!("  what reflex saw this phase (all workers, from {STATUS_PATH}):");
-        for (name, (requests, failures)) in &after {
-            let (r0, f0) = before.get(name).copied().unwrap_or_default();
-            let (requests, failures) = (requests - r0, failures - f0);
-            let rate = if requests > 0 {
-                100.0 * failures as f64 / requests as f64
-            } else {
-                0.0
-            };
-            println!("    {name}: {requests:>4} requests, {failures:>4} failures ({rate:.0}%)");
+        println!("  clients this phase: {}", client_line(&total));
+        println!("  reflex's view now (all workers, from {STATUS_PATH}):");
+        for (name, line) in endpoint_states(addr, &names)? {
+            println!("    {name}: {line}");
         }
-        println!("  clients: {}\n", client_line(&total));
-        before = after;
+        println!();
     }
 
     let prom = envoy.prometheus().map_err(|e| e.to_string())?;
@@ -144,9 +142,10 @@ fn run() -> Result<(), String> {
         println!("  {line}");
     }
     println!(
-        "\nreflex today observes every endpoint from all workers and strips client steering;\n\
-         it does not yet steer (P2C) or eject: the clients above felt every fault. Those\n\
-         reflexes arrive with the endpoint-intelligence work (issue #4)."
+        "\nreflex steered each request to the better of two endpoints, ejected the dead one within\n\
+         a few requests, starved the slow one, and let u1 back through probes once it recovered.\n\
+         Retry budgets, circuit breaking, admission control and the kill switch are not built yet;\n\
+         the side-by-side comparison with native Envoy is the protection benchmark (bench/)."
     );
     drop(envoy);
     drop(ups);
@@ -178,30 +177,38 @@ fn client_line(report: &LoadReport) -> String {
     )
 }
 
-/// Per upstream name: cumulative (requests, failures) from reflex's status endpoint.
-fn endpoint_counts(
+/// Per upstream name: reflex's state for it and why, with its score inputs.
+fn endpoint_states(
     addr: std::net::SocketAddr,
     names: &BTreeMap<String, String>,
-) -> Result<BTreeMap<String, (u64, u64)>, String> {
+) -> Result<BTreeMap<String, String>, String> {
     let response = Client::new(addr)
         .get(STATUS_PATH, &[])
         .map_err(|e| format!("status endpoint: {e:?}"))?;
     let doc: Value = serde_json::from_slice(&response.body).map_err(|e| e.to_string())?;
-    let mut counts: BTreeMap<String, (u64, u64)> =
-        names.values().map(|n| (n.clone(), (0, 0))).collect();
+    let mut states: BTreeMap<String, String> = names
+        .values()
+        .map(|n| (n.clone(), "not seen yet".to_string()))
+        .collect();
     for cluster in doc["clusters"].as_array().into_iter().flatten() {
         for ep in cluster["endpoints"].as_array().into_iter().flatten() {
             let address = ep["address"].as_str().unwrap_or_default();
             if let Some(name) = names.get(address) {
-                counts.insert(
+                let reason = ep["lastEjectionReason"]
+                    .as_str()
+                    .map_or(String::new(), |r| format!(" (last ejection: {r})"));
+                states.insert(
                     name.clone(),
-                    (
+                    format!(
+                        "{:<8} latency {:>6.1} ms, error rate {:>4.0}%, {} requests{reason}",
+                        ep["state"].as_str().unwrap_or("?"),
+                        ep["latencyMs"].as_f64().unwrap_or(0.0),
+                        ep["errorRate"].as_f64().unwrap_or(0.0) * 100.0,
                         ep["requests"].as_u64().unwrap_or(0),
-                        ep["failures"].as_u64().unwrap_or(0),
                     ),
                 );
             }
         }
     }
-    Ok(counts)
+    Ok(states)
 }
