@@ -315,6 +315,36 @@ mod tests {
     }
 
     #[test]
+    fn detector_fields_are_checked_and_misplaced_ones_named() {
+        let config = Config::parse(
+            br#"{"version": 1, "outlierDetection": {"consecutive5xx": {"threshold": 7},
+                "latency": {"factor": 4, "for": "5s", "dryRun": true},
+                "successRate": {"enabled": false}}}"#,
+        )
+        .unwrap();
+        let d = &config.outlier_detection.detectors;
+        assert_eq!(d.consecutive_5xx.as_ref().map(|c| c.threshold), Some(7));
+        assert_eq!(d.consecutive_gateway.as_ref().map(|c| c.threshold), Some(3));
+        assert!(d.success_rate.is_none());
+        let latency = d.latency.as_ref().unwrap();
+        assert_eq!(
+            (latency.factor, latency.sustain, latency.dry_run),
+            (4.0, Millis(5_000), true)
+        );
+        let e = err(r#"{"version": 1, "outlierDetection": {"consecutive5xx": {"factor": 2}}}"#);
+        assert_eq!(e.path, "outlierDetection.consecutive5xx.factor");
+        let e =
+            err(r#"{"version": 1, "outlierDetection": {"consecutive5xx": {"threshold": 2.5}}}"#);
+        assert_eq!(e.path, "outlierDetection.consecutive5xx.threshold");
+        let e = err(
+            r#"{"version": 1, "outlierDetection": {"baseEjectionTime": "1m", "maxEjectionTime": "30s"}}"#,
+        );
+        assert_eq!(e.path, "outlierDetection.maxEjectionTime");
+        let e = err(r#"{"version": 1, "loadBalancing": {"exploreRatio": 0.9}}"#);
+        assert_eq!(e.path, "loadBalancing.exploreRatio");
+    }
+
+    #[test]
     fn negative_number_is_a_type_error_not_a_wraparound() {
         let e = err(r#"{"version":1,"endpoints":{"maxClusters":-1}}"#);
         assert_eq!(e.path, "endpoints.maxClusters");

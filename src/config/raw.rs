@@ -159,30 +159,37 @@ impl Default for RawOutlierDetection {
     }
 }
 
-/// Rejects a field that the detector at `path` does not use, so a typo'd or misplaced
-/// setting never silently does nothing.
-fn unused<T>(path: &str, field: &str, value: &Option<T>) -> Result<(), ConfigError> {
-    match value {
-        Some(_) => Err(ConfigError::new(
-            &format!("{path}.{field}"),
-            "must not be set: this detector does not use it",
-        )),
-        None => Ok(()),
-    }
-}
-
 impl RawDetector {
     fn enabled(&self) -> bool {
         self.enabled.unwrap_or(true)
     }
 
+    /// Rejects a field that the detector at `path` does not use, so a typo'd or misplaced
+    /// setting never silently does nothing.
+    fn only_uses(&self, path: &str, used: &[&str]) -> Result<(), ConfigError> {
+        let set = [
+            ("threshold", self.threshold.is_some()),
+            ("minVolume", self.min_volume.is_some()),
+            ("stdevFactor", self.stdev_factor.is_some()),
+            ("minHosts", self.min_hosts.is_some()),
+            ("factor", self.factor.is_some()),
+            ("minLatency", self.min_latency.is_some()),
+            ("for", self.sustain.is_some()),
+        ];
+        match set
+            .iter()
+            .find(|(name, is_set)| *is_set && !used.contains(name))
+        {
+            Some((name, _)) => Err(ConfigError::new(
+                &format!("{path}.{name}"),
+                "must not be set: this detector does not use it",
+            )),
+            None => Ok(()),
+        }
+    }
+
     fn consecutive(&self, path: &str, default: u32) -> Result<Option<Consecutive>, ConfigError> {
-        unused(path, "minVolume", &self.min_volume)?;
-        unused(path, "stdevFactor", &self.stdev_factor)?;
-        unused(path, "minHosts", &self.min_hosts)?;
-        unused(path, "factor", &self.factor)?;
-        unused(path, "minLatency", &self.min_latency)?;
-        unused(path, "for", &self.sustain)?;
+        self.only_uses(path, &["threshold"])?;
         let threshold = in_range(
             &format!("{path}.threshold"),
             self.threshold.unwrap_or(f64::from(default)),
@@ -202,11 +209,7 @@ impl RawDetector {
     }
 
     fn failure_percentage(&self, path: &str) -> Result<Option<FailurePercentage>, ConfigError> {
-        unused(path, "stdevFactor", &self.stdev_factor)?;
-        unused(path, "minHosts", &self.min_hosts)?;
-        unused(path, "factor", &self.factor)?;
-        unused(path, "minLatency", &self.min_latency)?;
-        unused(path, "for", &self.sustain)?;
+        self.only_uses(path, &["threshold", "minVolume"])?;
         let threshold = in_range(
             &format!("{path}.threshold"),
             self.threshold.unwrap_or(50.0),
@@ -227,10 +230,7 @@ impl RawDetector {
     }
 
     fn success_rate(&self, path: &str) -> Result<Option<SuccessRate>, ConfigError> {
-        unused(path, "threshold", &self.threshold)?;
-        unused(path, "factor", &self.factor)?;
-        unused(path, "minLatency", &self.min_latency)?;
-        unused(path, "for", &self.sustain)?;
+        self.only_uses(path, &["stdevFactor", "minHosts", "minVolume"])?;
         Ok(self.enabled().then_some(SuccessRate {
             stdev_factor: in_range(
                 &format!("{path}.stdevFactor"),
@@ -255,9 +255,7 @@ impl RawDetector {
     }
 
     fn latency(&self, path: &str) -> Result<Option<Latency>, ConfigError> {
-        unused(path, "threshold", &self.threshold)?;
-        unused(path, "minVolume", &self.min_volume)?;
-        unused(path, "stdevFactor", &self.stdev_factor)?;
+        self.only_uses(path, &["factor", "minLatency", "for", "minHosts"])?;
         Ok(self.enabled().then_some(Latency {
             factor: in_range(
                 &format!("{path}.factor"),
