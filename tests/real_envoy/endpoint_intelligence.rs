@@ -219,13 +219,27 @@ fn recovered_endpoint_returns_through_probes_and_keeps_a_fair_share() {
         status(addr, STATUS),
         envoy.log()
     );
-    let before = served(&ups[2]);
+    // Back to a fair share: P2C shares follow measured latency, so "fair" means treated like
+    // its peers, not exactly a quarter.
+    let before: Vec<u64> = ups.iter().map(served).collect();
     let measured = load(addr, 120.0, 3.0);
-    let share = (served(&ups[2]) - before) as f64 / measured.sent as f64;
+    let shares: Vec<u64> = ups
+        .iter()
+        .zip(&before)
+        .map(|(u, b)| served(u) - b)
+        .collect();
+    let weakest_peer = shares
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != 2)
+        .map(|(_, s)| *s)
+        .min()
+        .unwrap_or(0);
     assert!(
-        share > 0.15,
-        "returned endpoint served only {:.1}% (fair 25%)",
-        share * 100.0
+        shares[2] * 2 >= weakest_peer && shares[2] * 100 >= measured.sent * 8,
+        "returned endpoint served {} of {} requests, peers {shares:?}",
+        shares[2],
+        measured.sent
     );
     assert_eq!(measured.ok(), measured.sent, "{}", measured.summary());
     let prom = envoy.prometheus().unwrap();
