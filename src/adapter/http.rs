@@ -9,6 +9,7 @@ use crate::config::Config;
 use crate::core::outcome::Observation;
 use crate::core::rng::{Rng, SplitMix64};
 use crate::properties;
+use crate::state::table::Completion;
 use crate::state::{EndpointTable, Recorded, TableError};
 use log::warn;
 use proxy_wasm::traits::{Context, HttpContext};
@@ -27,6 +28,10 @@ pub struct ReflexHttp {
     /// The endpoints written into the steering header, in order (the first is counted as in
     /// flight); empty when reflex did not steer this request.
     order: Vec<String>,
+    /// Whether `order[0]` was counted in flight (so that only a count taken is released).
+    counted_in_flight: bool,
+    /// The cluster is marked for steering and steering enforces: ejections take effect.
+    enforce: bool,
     started_us: u64,
     /// When the response headers arrived (time to first byte).
     answered_us: Option<u64>,
@@ -47,6 +52,8 @@ impl ReflexHttp {
             answered_locally: false,
             cluster: None,
             order: Vec::new(),
+            counted_in_flight: false,
+            enforce: false,
             started_us: 0,
             answered_us: None,
         }
@@ -131,8 +138,9 @@ impl ReflexHttp {
         };
         self.set_http_request_header(&config.steering.header, Some(&pick.order.join(",")));
         Metrics::add(metrics.picks, 1);
-        if table.begin(&cluster, first, now()).is_err() {
-            Metrics::add(metrics.shared_state_errors, 1);
+        match table.begin(&cluster, first, now()) {
+            Ok(()) => self.counted_in_flight = true,
+            Err(_) => Metrics::add(metrics.shared_state_errors, 1),
         }
         self.order = pick.order;
     }
@@ -169,6 +177,7 @@ impl HttpContext for ReflexHttp {
         if config.load_balancing.enabled {
             let steered = property(&properties::STEERING_MARK_PATH)
                 .is_some_and(|mark| properties::is_steered_cluster(&mark));
+            self.enforce = steered && !config.load_balancing.dry_run;
             if steered {
                 self.steer(&config, &metrics);
             } else {
@@ -211,24 +220,32 @@ impl HttpContext for ReflexHttp {
         let end_us = self.answered_us.unwrap_or_else(now_us);
         let latency_us = (self.started_us > 0 && end_us >= self.started_us)
             .then(|| (end_us - self.started_us) as f64);
-        let observation = Observation::from_response(code, latency_us);
-        let table = EndpointTable::new(&HostStore, &config);
-        match table.complete(
-            &cluster,
-            &self.order,
+        let flags = property(&["response", "flags"])
+            .as_deref()
+            .and_then(properties::int64)
+            .and_then(|f| u64::try_from(f).ok())
+            .unwrap_or(0);
+        let done = Completion {
+            order: &self.order,
+            counted_in_flight: self.counted_in_flight,
             served,
-            observation,
-            now(),
-            &mut self.rng,
-        ) {
-            Ok((Recorded::Counted, transitions)) => {
-                if served.is_some() {
-                    Metrics::add(metrics.endpoint_observations, 1);
-                }
+            observation: Observation::from_response(code, flags, latency_us),
+            enforce: self.enforce,
+        };
+        let table = EndpointTable::new(&HostStore, &config);
+        match table.complete(&cluster, &done, now(), &mut self.rng) {
+            Ok((recorded, transitions)) => {
+                // Transitions of earlier attempts count even if the last one was not stored.
                 transitions::report(&metrics, &transitions);
-            }
-            Ok((Recorded::ClusterCapReached | Recorded::EndpointCapReached, _)) => {
-                Metrics::add(metrics.endpoint_table_overflow, 1)
+                match recorded {
+                    Recorded::Counted if done.observation.is_some() && served.is_some() => {
+                        Metrics::add(metrics.endpoint_observations, 1)
+                    }
+                    Recorded::Counted => {}
+                    Recorded::ClusterCapReached
+                    | Recorded::EndpointCapReached
+                    | Recorded::NameTooLong => Metrics::add(metrics.endpoint_table_overflow, 1),
+                }
             }
             Err(TableError::Contended | TableError::Host(_)) => {
                 Metrics::add(metrics.shared_state_errors, 1)

@@ -48,7 +48,11 @@ pub fn report(metrics: &Metrics, transitions: &[Transition]) {
                     detector.name()
                 );
             }
-            Transition::Returned { cluster, endpoint } => {
+            Transition::Returned {
+                cluster,
+                endpoint,
+                dry_run: false,
+            } => {
                 Metrics::add(metrics.endpoint_returns, 1);
                 info!(
                     "reflex returned {endpoint} of {cluster} to service after its probes succeeded"
@@ -58,12 +62,30 @@ pub fn report(metrics: &Metrics, transitions: &[Transition]) {
                 cluster,
                 endpoint,
                 until,
+                dry_run: false,
             } => {
                 Metrics::add(metrics.probe_failures, 1);
                 warn!(
                     "reflex re-ejected {endpoint} of {cluster}: failed a probe (until {}ms)",
                     until.0
                 );
+            }
+            // The dry-run lifecycle's later steps: the decision was already reported once.
+            Transition::Returned {
+                cluster,
+                endpoint,
+                dry_run: true,
+            } => {
+                info!("reflex dry-run: {endpoint} of {cluster} would return to service");
+            }
+            Transition::Reejected {
+                cluster,
+                endpoint,
+                dry_run: true,
+                ..
+            } => {
+                Metrics::add(metrics.dry_run_ejections, 1);
+                info!("reflex dry-run: would eject {endpoint} of {cluster} again");
             }
         }
     }

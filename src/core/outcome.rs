@@ -18,22 +18,42 @@ pub struct Observation {
     pub gateway_failure: bool,
     /// Time to the response headers (or to the end, without any), in microseconds.
     pub latency_us: Option<f64>,
+    /// Deduced (an earlier attempt of a retried request) rather than seen.
+    pub inferred: bool,
 }
 
+/// Envoy response flags (`response.flags`) that mean the exchange says nothing about the
+/// endpoint: the downstream went away (DC, DR) or Envoy refused locally (UO, circuit breaker).
+const DOWNSTREAM_CONNECTION_TERMINATION: u64 = 0x4000;
+const DOWNSTREAM_REMOTE_RESET: u64 = 0x1000_0000;
+const UPSTREAM_OVERFLOW: u64 = 0x80;
+
 impl Observation {
-    /// Classifies by HTTP status; `None` or `0` means the upstream never answered.
-    pub fn from_response(status: Option<u64>, latency_us: Option<f64>) -> Observation {
+    /// Classifies by HTTP status and Envoy's response flags; `None` or `0` status means the
+    /// upstream never answered. `None` when the exchange says nothing about the endpoint.
+    pub fn from_response(
+        status: Option<u64>,
+        flags: u64,
+        latency_us: Option<f64>,
+    ) -> Option<Observation> {
+        let answered = matches!(status, Some(code) if code != 0);
+        let not_the_endpoint =
+            DOWNSTREAM_CONNECTION_TERMINATION | DOWNSTREAM_REMOTE_RESET | UPSTREAM_OVERFLOW;
+        if !answered && flags & not_the_endpoint != 0 || flags & UPSTREAM_OVERFLOW != 0 {
+            return None;
+        }
         let outcome = match status {
             Some(100..=499) => Outcome::Success,
             _ => Outcome::Failure,
         };
         let gateway_failure =
             !matches!(status, Some(code) if (100..=501).contains(&code) || code >= 505);
-        Observation {
+        Some(Observation {
             outcome,
             gateway_failure,
             latency_us,
-        }
+            inferred: false,
+        })
     }
 }
 
@@ -45,11 +65,25 @@ mod tests {
     use super::*;
 
     fn outcome(status: Option<u64>) -> Outcome {
-        Observation::from_response(status, None).outcome
+        Observation::from_response(status, 0, None).unwrap().outcome
     }
 
     fn gateway(status: Option<u64>) -> bool {
-        Observation::from_response(status, None).gateway_failure
+        Observation::from_response(status, 0, None)
+            .unwrap()
+            .gateway_failure
+    }
+
+    #[test]
+    fn a_client_that_left_or_a_local_refusal_says_nothing_about_the_endpoint() {
+        assert_eq!(Observation::from_response(None, 0x4000, None), None);
+        assert_eq!(Observation::from_response(Some(0), 0x1000_0000, None), None);
+        assert_eq!(Observation::from_response(Some(503), 0x80, None), None);
+        // The client leaving after the answer does not erase the answer.
+        assert!(Observation::from_response(Some(200), 0x4000, None).is_some());
+        // An upstream reset is the endpoint's failure.
+        let reset = Observation::from_response(None, 0x10, None).unwrap();
+        assert!(reset.gateway_failure && reset.outcome == Outcome::Failure);
     }
 
     #[test]

@@ -8,7 +8,7 @@
 //! - **failure percentage**: inline, decayed failure share above a threshold with enough volume;
 //! - **success rate**: on the tick, success rate below `mean - stdevFactor × stdev` of the
 //!   endpoints that have enough volume (Envoy's statistical detector);
-//! - **latency**: on the tick, peak-EWMA latency above `factor ×` the median of its peers and
+//! - **latency**: on the tick, typical (mean EWMA) latency above `factor ×` the median of its peers and
 //!   above `minLatency`, sustained for `for`: the gray failure (slow, no errors) that no
 //!   native Envoy detector ejects.
 //!
@@ -137,12 +137,28 @@ pub enum Verdict {
         until: Instant,
         dry_run: bool,
     },
-    /// Already ejected or probing: nothing new.
+    /// Already ejected or probing, or a block already reported: nothing to report.
     AlreadyEjected,
-    /// Over `maxEjectionPercent`, or the cluster is in panic (reported once per
-    /// `BLOCKED_MEMORY / 2`; in between, [`Verdict::AlreadyEjected`] so that a failing
-    /// endpoint does not rewrite the cluster's state on every response).
+    /// Over `maxEjectionPercent`, or below the panic floor: reported once per streak (a trip
+    /// more than `BLOCKED_MEMORY` after the last one).
     Blocked,
+    /// Still blocked: the streak is refreshed (it keeps the endpoint out of the healthy count)
+    /// but not reported again.
+    StillBlocked,
+}
+
+/// A detector that fired, and whether reflex may act on it: ejections on a cluster reflex does
+/// not steer, or with steering in dry-run, are dry-run ejections whatever the detector says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Trip {
+    pub detector: Detector,
+    pub enforce: bool,
+}
+
+impl Trip {
+    fn dry_run(self, config: &OutlierDetection) -> bool {
+        !self.enforce || self.detector.dry_run(config)
+    }
 }
 
 /// Whether the cluster whose members are `members` is in panic.
@@ -154,26 +170,43 @@ pub fn in_panic(members: &[Ejection], now: Instant, config: &OutlierDetection) -
     healthy * 100 < members.len() * config.panic_threshold_percent as usize
 }
 
-/// Ejects member `index` for `detector` if the limits allow.
+/// Ejects member `index` for `trip` if the limits allow.
 pub fn eject(
     members: &mut [Ejection],
     index: usize,
-    detector: Detector,
+    trip: Trip,
+    now: Instant,
+    config: &OutlierDetection,
+    rng: &mut impl Rng,
+) -> Verdict {
+    apply(members, index, trip, false, now, config, rng)
+}
+
+/// `escalate`: a failed probe, whose ejection count must grow whatever `returned_at` says.
+fn apply(
+    members: &mut [Ejection],
+    index: usize,
+    trip: Trip,
+    escalate: bool,
     now: Instant,
     config: &OutlierDetection,
     rng: &mut impl Rng,
 ) -> Verdict {
     let Some(member) = members.get(index) else {
-        return Verdict::Blocked;
+        return Verdict::AlreadyEjected;
     };
-    if member.active.is_some() {
+    let dry_run = trip.dry_run(config);
+    // A dry-run ejection never shields an endpoint from an enforcing detector.
+    if member.active.is_some_and(|a| !a.dry_run || dry_run) {
         return Verdict::AlreadyEjected;
     }
-    let dry_run = detector.dry_run(config);
     if !dry_run {
+        if members.len() < 2 {
+            // Nothing to fail over to: not an ejection, and not news either.
+            return Verdict::AlreadyEjected;
+        }
         let ejected = members.iter().filter(|m| m.counts_as_ejected()).count();
-        let allowed = (members.len() * config.max_ejection_percent as usize / 100)
-            .max(usize::from(members.len() >= 2));
+        let allowed = (members.len() * config.max_ejection_percent as usize / 100).max(1);
         // The panic floor: never eject an endpoint if that leaves too few healthy ones.
         let healthy_after = members
             .iter()
@@ -184,17 +217,23 @@ pub fn eject(
             healthy_after * 100 < members.len() * config.panic_threshold_percent as usize;
         if ejected + 1 > allowed || below_floor {
             let member = &mut members[index];
-            if member.blocked_at != Instant(0)
-                && now.since(member.blocked_at).0 < BLOCKED_MEMORY.0 / 2
-            {
+            let since = now.since(member.blocked_at);
+            let streaking = member.blocked_at != Instant(0) && since <= BLOCKED_MEMORY;
+            if streaking && since.0 < BLOCKED_MEMORY.0 / 2 {
                 return Verdict::AlreadyEjected;
             }
             member.blocked_at = now;
-            return Verdict::Blocked;
+            return if streaking {
+                Verdict::StillBlocked
+            } else {
+                Verdict::Blocked
+            };
         }
     }
     let member = &mut members[index];
-    if now.since(member.returned_at) > config.max_ejection_time && member.active.is_none() {
+    let long_healthy = member.returned_at != Instant(0)
+        && now.since(member.returned_at) > config.max_ejection_time;
+    if long_healthy && !escalate {
         member.count = 0;
     }
     member.count = member.count.saturating_add(1);
@@ -209,11 +248,11 @@ pub fn eject(
     let until = Instant(now.0.saturating_add(duration));
     member.active = Some(ActiveEjection {
         until,
-        detector,
+        detector: trip.detector,
         dry_run,
         probe_successes: 0,
     });
-    member.last_detector = Some(detector);
+    member.last_detector = Some(trip.detector);
     Verdict::Ejected { until, dry_run }
 }
 
@@ -223,11 +262,16 @@ pub enum ProbeResult {
     /// Not probing: nothing to do.
     NotProbing,
     Counted,
-    Returned,
+    Returned {
+        dry_run: bool,
+    },
     /// Failed a probe: ejected again for longer.
     Reejected {
         until: Instant,
+        dry_run: bool,
     },
+    /// Failed a probe but the limits no longer allow an ejection: back in service.
+    Released,
 }
 
 /// Applies one outcome of member `index` to its ejection state.
@@ -235,6 +279,7 @@ pub fn probe(
     members: &mut [Ejection],
     index: usize,
     success: bool,
+    enforce: bool,
     now: Instant,
     config: &OutlierDetection,
     rng: &mut impl Rng,
@@ -245,22 +290,32 @@ pub fn probe(
     let Some(active) = member.active.as_mut().filter(|a| now >= a.until) else {
         return ProbeResult::NotProbing;
     };
+    let was_dry_run = active.dry_run;
     if success {
-        active.probe_successes += 1;
+        active.probe_successes = active.probe_successes.saturating_add(1);
         if active.probe_successes >= config.probes {
             member.active = None;
             member.returned_at = now;
             member.slow_since = Instant(0);
-            return ProbeResult::Returned;
+            return ProbeResult::Returned {
+                dry_run: was_dry_run,
+            };
         }
         return ProbeResult::Counted;
     }
-    let detector = active.detector;
+    let trip = Trip {
+        detector: active.detector,
+        enforce,
+    };
     member.active = None;
-    match eject(members, index, detector, now, config, rng) {
-        Verdict::Ejected { until, .. } => ProbeResult::Reejected { until },
-        // The limit no longer allows it: the endpoint stays in service.
-        Verdict::AlreadyEjected | Verdict::Blocked => ProbeResult::Counted,
+    match apply(members, index, trip, true, now, config, rng) {
+        Verdict::Ejected { until, dry_run } => ProbeResult::Reejected { until, dry_run },
+        Verdict::AlreadyEjected | Verdict::Blocked | Verdict::StillBlocked => {
+            if let Some(member) = members.get_mut(index) {
+                member.returned_at = now;
+            }
+            ProbeResult::Released
+        }
     }
 }
 
@@ -344,6 +399,13 @@ mod tests {
         Config::parse(json.as_bytes()).unwrap().outlier_detection
     }
 
+    fn enforced(detector: Detector) -> Trip {
+        Trip {
+            detector,
+            enforce: true,
+        }
+    }
+
     fn members(n: usize) -> Vec<Ejection> {
         vec![Ejection::default(); n]
     }
@@ -357,9 +419,14 @@ mod tests {
         for (n, expected) in [(1u64, 10_000u64), (2, 20_000), (3, 30_000), (7, 60_000)] {
             m[0].count = n as u32 - 1;
             m[0].returned_at = now;
-            let Verdict::Ejected { until, dry_run } =
-                eject(&mut m, 0, Detector::Consecutive5xx, now, &config, &mut rng)
-            else {
+            let Verdict::Ejected { until, dry_run } = eject(
+                &mut m,
+                0,
+                enforced(Detector::Consecutive5xx),
+                now,
+                &config,
+                &mut rng,
+            ) else {
                 panic!("not ejected");
             };
             assert!(!dry_run);
@@ -379,11 +446,11 @@ mod tests {
         let mut rng = SplitMix64::new(2);
         let mut m = members(4);
         m[0].count = 5;
-        m[0].returned_at = Instant(0);
+        m[0].returned_at = Instant(1);
         let Verdict::Ejected { until, .. } = eject(
             &mut m,
             0,
-            Detector::Latency,
+            enforced(Detector::Latency),
             Instant(120_000),
             &config,
             &mut rng,
@@ -406,11 +473,25 @@ mod tests {
         let mut m = members(4);
         let now = Instant(5_000);
         assert!(matches!(
-            eject(&mut m, 0, Detector::Consecutive5xx, now, &config, &mut rng),
+            eject(
+                &mut m,
+                0,
+                enforced(Detector::Consecutive5xx),
+                now,
+                &config,
+                &mut rng
+            ),
             Verdict::Ejected { .. }
         ));
         assert_eq!(
-            eject(&mut m, 1, Detector::Consecutive5xx, now, &config, &mut rng),
+            eject(
+                &mut m,
+                1,
+                enforced(Detector::Consecutive5xx),
+                now,
+                &config,
+                &mut rng
+            ),
             Verdict::Blocked
         );
         // Reported once, not on every failing response.
@@ -418,7 +499,7 @@ mod tests {
             eject(
                 &mut m,
                 1,
-                Detector::Consecutive5xx,
+                enforced(Detector::Consecutive5xx),
                 Instant(5_100),
                 &config,
                 &mut rng
@@ -426,20 +507,28 @@ mod tests {
             Verdict::AlreadyEjected
         );
         assert_eq!(
-            eject(&mut m, 0, Detector::Consecutive5xx, now, &config, &mut rng),
+            eject(
+                &mut m,
+                0,
+                enforced(Detector::Consecutive5xx),
+                now,
+                &config,
+                &mut rng
+            ),
             Verdict::AlreadyEjected
         );
+        // A lone endpoint has nothing to fail over to: no ejection, and no report.
         let mut single = members(1);
         assert_eq!(
             eject(
                 &mut single,
                 0,
-                Detector::Consecutive5xx,
+                enforced(Detector::Consecutive5xx),
                 now,
                 &config,
                 &mut rng
             ),
-            Verdict::Blocked
+            Verdict::AlreadyEjected
         );
     }
 
@@ -451,11 +540,25 @@ mod tests {
         let now = Instant(1_000);
         assert!(!in_panic(&m, now, &config));
         assert!(matches!(
-            eject(&mut m, 0, Detector::Consecutive5xx, now, &config, &mut rng),
+            eject(
+                &mut m,
+                0,
+                enforced(Detector::Consecutive5xx),
+                now,
+                &config,
+                &mut rng
+            ),
             Verdict::Ejected { .. }
         ));
         assert!(matches!(
-            eject(&mut m, 1, Detector::Consecutive5xx, now, &config, &mut rng),
+            eject(
+                &mut m,
+                1,
+                enforced(Detector::Consecutive5xx),
+                now,
+                &config,
+                &mut rng
+            ),
             Verdict::Ejected { .. }
         ));
         assert!(
@@ -463,7 +566,14 @@ mod tests {
             "2 of 4 healthy is exactly the threshold"
         );
         assert_eq!(
-            eject(&mut m, 2, Detector::Consecutive5xx, now, &config, &mut rng),
+            eject(
+                &mut m,
+                2,
+                enforced(Detector::Consecutive5xx),
+                now,
+                &config,
+                &mut rng
+            ),
             Verdict::Blocked
         );
         assert!(
@@ -481,7 +591,7 @@ mod tests {
         let Verdict::Ejected { until, .. } = eject(
             &mut m,
             0,
-            Detector::SuccessRate,
+            enforced(Detector::SuccessRate),
             Instant(0),
             &config,
             &mut rng,
@@ -490,16 +600,26 @@ mod tests {
         };
         assert!(m[0].excludes(Instant(until.0 - 1)));
         assert_eq!(
-            probe(&mut m, 0, true, Instant(until.0 - 1), &config, &mut rng),
+            probe(
+                &mut m,
+                0,
+                true,
+                true,
+                Instant(until.0 - 1),
+                &config,
+                &mut rng
+            ),
             ProbeResult::NotProbing
         );
         assert!(m[0].is_probing(until) && !m[0].excludes(until));
         assert_eq!(
-            probe(&mut m, 0, true, until, &config, &mut rng),
+            probe(&mut m, 0, true, true, until, &config, &mut rng),
             ProbeResult::Counted
         );
-        let ProbeResult::Reejected { until: again } =
-            probe(&mut m, 0, false, until, &config, &mut rng)
+        let ProbeResult::Reejected {
+            until: again,
+            dry_run: false,
+        } = probe(&mut m, 0, false, true, until, &config, &mut rng)
         else {
             panic!("a failed probe must re-eject");
         };
@@ -509,12 +629,12 @@ mod tests {
             again.0 - until.0
         );
         assert_eq!(
-            probe(&mut m, 0, true, again, &config, &mut rng),
+            probe(&mut m, 0, true, true, again, &config, &mut rng),
             ProbeResult::Counted
         );
         assert_eq!(
-            probe(&mut m, 0, true, again, &config, &mut rng),
-            ProbeResult::Returned
+            probe(&mut m, 0, true, true, again, &config, &mut rng),
+            ProbeResult::Returned { dry_run: false }
         );
         assert_eq!(m[0].active, None);
         assert_eq!(m[0].returned_at, again);
@@ -528,7 +648,7 @@ mod tests {
         let verdict = eject(
             &mut m,
             0,
-            Detector::Consecutive5xx,
+            enforced(Detector::Consecutive5xx),
             Instant(0),
             &config,
             &mut rng,
@@ -573,5 +693,120 @@ mod tests {
         }
         assert_eq!(Detector::from_code(0), None);
         assert_eq!(Detector::from_code(99), None);
+    }
+
+    const REAL_NOW: u64 = 1_763_000_000_000;
+
+    #[test]
+    fn a_failed_probe_lengthens_the_next_ejection_at_real_timestamps() {
+        let config = config("");
+        let mut rng = SplitMix64::new(7);
+        let mut m = members(4);
+        let now = Instant(REAL_NOW);
+        let Verdict::Ejected { until, .. } = eject(
+            &mut m,
+            0,
+            enforced(Detector::Consecutive5xx),
+            now,
+            &config,
+            &mut rng,
+        ) else {
+            panic!("not ejected");
+        };
+        let ProbeResult::Reejected { until: again, .. } =
+            probe(&mut m, 0, false, true, until, &config, &mut rng)
+        else {
+            panic!("not re-ejected");
+        };
+        assert_eq!(m[0].count, 2);
+        assert!(again.0 - until.0 >= 18_000, "{}", again.0 - until.0);
+    }
+
+    #[test]
+    fn a_dry_run_ejection_does_not_shield_from_an_enforcing_detector() {
+        let config = config(r#", "consecutive5xx": {"dryRun": true}"#);
+        let mut rng = SplitMix64::new(8);
+        let mut m = members(4);
+        let now = Instant(REAL_NOW);
+        let dry = eject(
+            &mut m,
+            0,
+            enforced(Detector::Consecutive5xx),
+            now,
+            &config,
+            &mut rng,
+        );
+        assert!(matches!(dry, Verdict::Ejected { dry_run: true, .. }));
+        let real = eject(
+            &mut m,
+            0,
+            enforced(Detector::FailurePercentage),
+            now,
+            &config,
+            &mut rng,
+        );
+        assert!(
+            matches!(real, Verdict::Ejected { dry_run: false, .. }),
+            "{real:?}"
+        );
+        assert!(m[0].excludes(Instant(now.0 + 1)));
+        // And a dry-run trip does not downgrade an enforced ejection.
+        let again = eject(
+            &mut m,
+            0,
+            enforced(Detector::Consecutive5xx),
+            now,
+            &config,
+            &mut rng,
+        );
+        assert_eq!(again, Verdict::AlreadyEjected);
+    }
+
+    #[test]
+    fn ejections_that_cannot_be_enforced_are_dry_run() {
+        let config = config("");
+        let mut rng = SplitMix64::new(9);
+        let mut m = members(4);
+        let trip = Trip {
+            detector: Detector::Latency,
+            enforce: false,
+        };
+        let verdict = eject(&mut m, 0, trip, Instant(REAL_NOW), &config, &mut rng);
+        assert!(matches!(verdict, Verdict::Ejected { dry_run: true, .. }));
+        assert!(!m[0].excludes(Instant(REAL_NOW + 1)));
+    }
+
+    #[test]
+    fn a_blocked_streak_is_reported_once() {
+        let config = config(r#", "maxEjectionPercent": 25, "panicThresholdPercent": 0"#);
+        let mut rng = SplitMix64::new(10);
+        let mut m = members(4);
+        let t = |ms: u64| Instant(REAL_NOW + ms);
+        assert!(matches!(
+            eject(
+                &mut m,
+                0,
+                enforced(Detector::Consecutive5xx),
+                t(0),
+                &config,
+                &mut rng
+            ),
+            Verdict::Ejected { .. }
+        ));
+        let mut reports = 0;
+        for ms in (0..10_000).step_by(100) {
+            if eject(
+                &mut m,
+                1,
+                enforced(Detector::Consecutive5xx),
+                t(ms),
+                &config,
+                &mut rng,
+            ) == Verdict::Blocked
+            {
+                reports += 1;
+            }
+        }
+        assert_eq!(reports, 1);
     }
 }

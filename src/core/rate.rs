@@ -51,6 +51,19 @@ impl DecayedCounts {
     }
 }
 
+/// Pseudo-successes added when the rate is used as a cost: as the counts decay without
+/// traffic the smoothed rate falls to zero, so an endpoint that failed once at low traffic
+/// is tried again instead of being starved forever (P2C never picks the dearer of two).
+const COST_PRIOR: f64 = 5.0;
+
+impl DecayedCounts {
+    /// `failures / (successes + failures + COST_PRIOR)` as of `now`.
+    pub fn smoothed_failure_rate(&self, now: Instant, window: Millis) -> f64 {
+        let (s, f) = self.decayed(now, window);
+        f / (s + f + COST_PRIOR)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[cfg(target_arch = "wasm32")]
@@ -91,6 +104,20 @@ mod tests {
             (c.volume(Instant(60_000), WINDOW) - c.volume(Instant(30_000), WINDOW) / 20.0855).abs()
                 < 0.01
         );
+    }
+
+    #[test]
+    fn smoothed_rate_fades_when_the_endpoint_is_idle() {
+        let mut c = DecayedCounts::default();
+        c.record(Outcome::Failure, Instant(0), WINDOW);
+        for _ in 0..4 {
+            c.record(Outcome::Success, Instant(0), WINDOW);
+        }
+        // The raw rate stays 0.2 however long the endpoint is idle...
+        assert!((c.failure_rate(Instant(60_000), WINDOW) - 0.2).abs() < 1e-9);
+        // ...the smoothed one starts at 0.1 and fades.
+        assert!((c.smoothed_failure_rate(Instant(0), WINDOW) - 0.1).abs() < 1e-9);
+        assert!(c.smoothed_failure_rate(Instant(60_000), WINDOW) < 0.002);
     }
 
     #[test]

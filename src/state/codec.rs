@@ -46,6 +46,9 @@ pub struct EndpointRecord {
     pub counts: DecayedCounts,
     pub consecutive_5xx: u32,
     pub consecutive_gateway: u32,
+    /// Whether reflex steered the last request it saw for this endpoint's cluster (the tick's
+    /// detectors enforce ejections only on such clusters).
+    pub steered: bool,
 }
 
 /// One endpoint of a cluster's member list: its name and ejection state. Kept in the
@@ -148,6 +151,7 @@ impl EndpointRecord {
         w.u64(self.counts.at.0);
         w.u32(self.consecutive_5xx);
         w.u32(self.consecutive_gateway);
+        w.u8(u8::from(self.steered));
         w.out
     }
 
@@ -174,6 +178,7 @@ impl EndpointRecord {
             },
             consecutive_5xx: r.u32()?,
             consecutive_gateway: r.u32()?,
+            steered: r.u8()? != 0,
         })
     }
 }
@@ -323,6 +328,7 @@ mod tests {
             },
             consecutive_5xx: 2,
             consecutive_gateway: 1,
+            steered: true,
         }
     }
 

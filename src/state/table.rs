@@ -23,11 +23,11 @@
 //! Bounded: at most `maxClusters` clusters and `maxEndpointsPerCluster` endpoints each; what
 //! does not fit is reported to the caller (and counted by the adapter), never stored.
 
-use super::codec::{decode_list, encode_list, EndpointRecord, Entry, Member};
+use super::codec::{decode_list, encode_list, EndpointRecord, Entry, Member, MAX_NAME_LEN};
 use super::store::{SharedStore, StoreError, MAX_CAS_ATTEMPTS};
 use crate::config::{Config, Millis};
 use crate::core::outcome::{Observation, Outcome};
-use crate::core::outlier::{self, Detector, Ejection, ProbeResult, Verdict};
+use crate::core::outlier::{self, Detector, Ejection, ProbeResult, Trip, Verdict};
 use crate::core::p2c;
 use crate::core::rng::Rng;
 use crate::core::score::{self, Load};
@@ -66,6 +66,8 @@ pub enum Recorded {
     ClusterCapReached,
     /// Not stored: the cluster already tracks `maxEndpointsPerCluster` endpoints.
     EndpointCapReached,
+    /// Not stored: a cluster name or address longer than any Envoy produces.
+    NameTooLong,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -103,12 +105,39 @@ pub enum Transition {
     Returned {
         cluster: String,
         endpoint: String,
+        dry_run: bool,
     },
     Reejected {
         cluster: String,
         endpoint: String,
         until: Instant,
+        dry_run: bool,
     },
+}
+
+/// How a request ended, as [`EndpointTable::complete`] needs it.
+#[derive(Debug, Clone, Copy)]
+pub struct Completion<'a> {
+    /// The endpoints written into the steering header (empty: reflex did not steer).
+    pub order: &'a [String],
+    /// Whether [`EndpointTable::begin`] counted `order[0]` as in flight.
+    pub counted_in_flight: bool,
+    /// The endpoint of the final attempt (`upstream.address`).
+    pub served: Option<&'a str>,
+    /// What the final attempt says about its endpoint; `None` when it says nothing (the
+    /// client went away, or Envoy refused locally).
+    pub observation: Option<Observation>,
+    /// Whether reflex steers this cluster: if not, ejections can only be reported (dry-run).
+    pub enforce: bool,
+}
+
+/// One attempt's observation and how to apply it.
+#[derive(Debug, Clone, Copy)]
+struct Attempt {
+    observation: Observation,
+    /// Release the in-flight count taken for this endpoint.
+    release: bool,
+    enforce: bool,
 }
 
 /// Everything the table holds at one moment (each key read once; keys are read one after
@@ -243,52 +272,67 @@ impl<'a, S: SharedStore> EndpointTable<'a, S> {
         .map(|_| ())
     }
 
-    /// Finishes a request steered to `order` (empty when reflex did not steer it) and answered
-    /// by `served`. The first endpoint of `order` is no longer in flight. Envoy's override_host
-    /// policy tries the endpoints of `order` one after the other, so when `served` is the k-th,
-    /// the k before it each failed an attempt (when it is absent, all of them did, or were
-    /// unknown to Envoy): a filter in the HTTP chain sees only the last attempt, and this is
-    /// how retries cannot hide a failing endpoint. Each endpoint gets its observation, inline
-    /// detectors run on its new statistics, and a probing endpoint's probe is counted.
+    /// Finishes a request. The first endpoint of `order` is no longer in flight (if `begin`
+    /// counted it). Envoy's override_host policy tries the endpoints of `order` one after the
+    /// other, so when `served` is the k-th, the k before it each failed an attempt: a filter in
+    /// the HTTP chain sees only the last attempt, and this is how retries cannot hide a failing
+    /// endpoint. Each
+    /// endpoint gets its observation, inline detectors run on its new statistics, and a
+    /// probing endpoint's probe is counted.
     pub fn complete(
         &self,
         cluster: &str,
-        order: &[String],
-        served: Option<&str>,
-        observation: Observation,
+        done: &Completion<'_>,
         now: Instant,
         rng: &mut impl Rng,
     ) -> Result<(Recorded, Vec<Transition>), TableError> {
-        let picked = order.first().map(String::as_str);
+        let picked = done
+            .order
+            .first()
+            .map(String::as_str)
+            .filter(|_| done.counted_in_flight);
+        let served = done.served.filter(|_| done.observation.is_some());
         if let Some(picked) = picked.filter(|p| Some(*p) != served) {
             self.update_record(cluster, picked, &mut |r| release(r, now))?;
         }
-        let Some(served) = served else {
+        let (Some(served), Some(observation)) = (served, done.observation) else {
             return Ok((Recorded::Counted, Vec::new()));
         };
-        let failed_before = match order.iter().position(|o| o == served) {
-            Some(k) => &order[..k],
-            None => order,
+        // Only when the final endpoint is in the order is the sequence of attempts known; when
+        // it is not (Envoy fell back to its own policy), which of the listed endpoints failed
+        // and which Envoy skipped is not, and blaming them all could eject healthy ones.
+        let (failed_before, retried) = match done.order.iter().position(|o| o == served) {
+            Some(k) => (&done.order[..k], k > 0),
+            None => (&done.order[..0], !done.order.is_empty()),
         };
         let mut transitions = Vec::new();
         let failed_attempt = Observation {
             outcome: Outcome::Failure,
             gateway_failure: true,
             latency_us: None,
+            inferred: true,
         };
         for endpoint in failed_before {
-            let (_, t) =
-                self.observe_endpoint(cluster, endpoint, failed_attempt, false, now, rng)?;
+            let attempt = Attempt {
+                observation: failed_attempt,
+                release: false,
+                enforce: done.enforce,
+            };
+            let (_, t) = self.observe_endpoint(cluster, endpoint, attempt, now, rng)?;
             transitions.extend(t);
         }
-        let (recorded, t) = self.observe_endpoint(
-            cluster,
-            served,
+        // After a retry the request's latency includes the failed attempts, their timeouts
+        // and back-off: it says nothing about the endpoint that rescued it.
+        let observation = Observation {
+            latency_us: observation.latency_us.filter(|_| !retried),
+            ..observation
+        };
+        let attempt = Attempt {
             observation,
-            picked == Some(served),
-            now,
-            rng,
-        )?;
+            release: picked == Some(served),
+            enforce: done.enforce,
+        };
+        let (recorded, t) = self.observe_endpoint(cluster, served, attempt, now, rng)?;
         transitions.extend(t);
         Ok((recorded, transitions))
     }
@@ -298,68 +342,65 @@ impl<'a, S: SharedStore> EndpointTable<'a, S> {
         &self,
         cluster: &str,
         served: &str,
-        observation: Observation,
-        was_picked: bool,
+        attempt: Attempt,
         now: Instant,
         rng: &mut impl Rng,
     ) -> Result<(Recorded, Vec<Transition>), TableError> {
         let lb = &self.config.load_balancing;
+        let od = &self.config.outlier_detection;
         let mut updated = EndpointRecord::default();
         let recorded = self.record_with(cluster, served, now, |r| {
-            if was_picked {
+            if attempt.release {
                 release(r, now);
             }
-            observe(r, &observation, now, lb.latency_decay, lb.error_window);
+            observe(
+                r,
+                &attempt.observation,
+                now,
+                lb.latency_decay,
+                lb.error_window,
+            );
+            r.steered = attempt.enforce;
             updated = *r;
         })?;
         if recorded != Recorded::Counted {
             return Ok((recorded, Vec::new()));
         }
         let tripped = self.inline_detector(&updated, now);
-        let success = observation.outcome == Outcome::Success;
-        let transitions = self.update_members(cluster, now, |members, out| {
+        let success = attempt.observation.outcome == Outcome::Success;
+        let transitions = self.update_members(cluster, |members, out| {
             let Some(i) = members.iter().position(|m| m.address == served) else {
                 return false;
             };
             let mut ejections: Vec<Ejection> = members.iter().map(|m| m.ejection).collect();
-            let changed = match outlier::probe(
-                &mut ejections,
-                i,
-                success,
-                now,
-                &self.config.outlier_detection,
-                rng,
-            ) {
+            let result = outlier::probe(&mut ejections, i, success, attempt.enforce, now, od, rng);
+            let changed = match result {
                 ProbeResult::NotProbing => match tripped {
-                    Some(detector) => apply_verdict(
-                        cluster,
-                        served,
-                        detector,
-                        outlier::eject(
-                            &mut ejections,
-                            i,
+                    Some(detector) => {
+                        let trip = Trip {
                             detector,
-                            now,
-                            &self.config.outlier_detection,
-                            rng,
-                        ),
-                        out,
-                    ),
+                            enforce: attempt.enforce,
+                        };
+                        let verdict = outlier::eject(&mut ejections, i, trip, now, od, rng);
+                        apply_verdict(cluster, served, detector, verdict, out)
+                    }
                     None => false,
                 },
-                ProbeResult::Counted => true,
-                ProbeResult::Returned => {
+                ProbeResult::Counted | ProbeResult::Released => true,
+                ProbeResult::Returned { dry_run } => {
                     out.push(Transition::Returned {
                         cluster: cluster.into(),
                         endpoint: served.into(),
+                        dry_run,
                     });
                     true
                 }
-                ProbeResult::Reejected { until } => {
+                ProbeResult::Reejected { until, dry_run } => {
                     out.push(Transition::Reejected {
                         cluster: cluster.into(),
                         endpoint: served.into(),
                         until,
+                        dry_run,
                     });
                     true
                 }
@@ -422,7 +463,7 @@ impl<'a, S: SharedStore> EndpointTable<'a, S> {
         Load {
             latency_us: record.latency.estimate_us(now, lb.latency_decay, cold_us),
             in_flight: effective_in_flight(record, now),
-            error_rate: record.counts.failure_rate(now, lb.error_window),
+            error_rate: record.counts.smoothed_failure_rate(now, lb.error_window),
             ramp: self.ramp(member, now),
         }
     }
@@ -441,7 +482,11 @@ impl<'a, S: SharedStore> EndpointTable<'a, S> {
                     dry_run: false,
                     ..
                 }
-                | Transition::Reejected { endpoint, .. } => endpoint,
+                | Transition::Reejected {
+                    endpoint,
+                    dry_run: false,
+                    ..
+                } => endpoint,
                 _ => continue,
             };
             self.update_record(cluster, endpoint, &mut |r| {
@@ -463,6 +508,9 @@ impl<'a, S: SharedStore> EndpointTable<'a, S> {
         now: Instant,
         mut change: impl FnMut(&mut EndpointRecord),
     ) -> Result<Recorded, TableError> {
+        if cluster.len() > MAX_NAME_LEN || endpoint.len() > MAX_NAME_LEN {
+            return Ok(Recorded::NameTooLong);
+        }
         let key = endpoint_key(cluster, endpoint);
         let limits = &self.config.endpoints;
         let member = || Member {
@@ -610,7 +658,6 @@ impl<'a, S: SharedStore> EndpointTable<'a, S> {
     fn update_members(
         &self,
         cluster: &str,
-        _now: Instant,
         mut change: impl FnMut(&mut Vec<Member>, &mut Vec<Transition>) -> bool,
     ) -> Result<Vec<Transition>, TableError> {
         let key = cluster_key(cluster);
@@ -799,8 +846,13 @@ impl<'a, S: SharedStore> EndpointTable<'a, S> {
         };
         let sustain = d.latency.as_ref().map_or(Millis(0), |l| l.sustain);
         let od = &self.config.outlier_detection;
-        self.update_members(cluster, now, |members, out| {
+        // Enforced only where reflex steers (its records say so) and not in steering dry-run.
+        let lb = &self.config.load_balancing;
+        let enforce = lb.enabled && !lb.dry_run && alive.iter().any(|(_, r)| r.steered);
+        self.update_members(cluster, |members, out| {
             let mut changed = false;
+            // Built afresh on every CAS attempt.
+            let mut tripped = tripped.clone();
             // Latency streaks: start, continue, or end.
             for member in members.iter_mut() {
                 let is_slow = slow.contains(&member.address);
@@ -818,7 +870,11 @@ impl<'a, S: SharedStore> EndpointTable<'a, S> {
             let mut ejections: Vec<Ejection> = members.iter().map(|m| m.ejection).collect();
             for (address, detector) in &tripped {
                 if let Some(i) = members.iter().position(|m| &m.address == address) {
-                    let verdict = outlier::eject(&mut ejections, i, *detector, now, od, rng);
+                    let trip = Trip {
+                        detector: *detector,
+                        enforce,
+                    };
+                    let verdict = outlier::eject(&mut ejections, i, trip, now, od, rng);
                     changed |= apply_verdict(cluster, address, *detector, verdict, out);
                 }
             }
@@ -920,7 +976,11 @@ fn observe(
     error_window: Millis,
 ) {
     r.requests = r.requests.saturating_add(1);
-    r.last_seen = r.last_seen.max(now);
+    // A failure inferred from the steering order may be a host Envoy no longer knows (removed
+    // by EDS): it must not keep such a ghost from being forgotten.
+    if !o.inferred {
+        r.last_seen = r.last_seen.max(now);
+    }
     r.counts.record(o.outcome, now, error_window);
     if let Some(latency) = o.latency_us {
         r.latency.observe(latency, now, latency_decay);
@@ -970,6 +1030,7 @@ fn apply_verdict(
             });
             true
         }
+        Verdict::StillBlocked => true,
         Verdict::AlreadyEjected => false,
     }
 }
@@ -996,10 +1057,17 @@ mod tests {
                 outcome,
                 gateway_failure: false,
                 latency_us: None,
+                inferred: false,
+            };
+            let done = Completion {
+                order: &[],
+                counted_in_flight: false,
+                served: Some(endpoint),
+                observation: Some(observation),
+                enforce: true,
             };
             let mut rng = SplitMix64::new(now.0);
-            self.complete(cluster, &[], Some(endpoint), observation, now, &mut rng)
-                .map(|(r, _)| r)
+            self.complete(cluster, &done, now, &mut rng).map(|(r, _)| r)
         }
     }
 

@@ -98,4 +98,7 @@ fn four_workers_count_into_one_table_that_matches_the_upstreams() {
         prometheus_value(&prom, "reflex_shared_state_errors_total"),
         Some(0)
     );
+    // This cluster is not marked for steering: reflex observes it, and may only report what
+    // it would eject.
+    assert_eq!(prometheus_value(&prom, "reflex_ejections_total"), Some(0));
 }
