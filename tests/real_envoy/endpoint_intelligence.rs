@@ -98,7 +98,7 @@ fn slow_endpoint_loses_its_share_and_p99_stays_near_healthy() {
     // Latency detector off: this is P2C alone.
     let config = r#"{"version": 1, "status": {"enabled": true},
         "outlierDetection": {"latency": {"enabled": false}}}"#;
-    let (ups, envoy, addr) = setup(5, 2, config);
+    let (ups, _envoy, addr) = setup(5, 2, config);
     // Past the discovery phase (exploration is raised for 5 s after the last new endpoint),
     // which by design still sends some requests wherever the fallback policy likes.
     let baseline = load(addr, 150.0, 6.0);
