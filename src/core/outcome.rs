@@ -7,6 +7,10 @@ pub enum Outcome {
     /// A 5xx answer, or no answer at all (reset, connect failure, timeout): Envoy reports
     /// those with response code 0 or with a locally generated 5xx.
     Failure,
+    /// The client went away before any answer. Not a verdict on the endpoint, but the time
+    /// waited is a latency sample: it is how an endpoint that hangs, behind a route without a
+    /// timeout, shows up as the slowest of its peers.
+    Abandoned,
 }
 
 /// One finished exchange with one endpoint.
@@ -22,8 +26,8 @@ pub struct Observation {
     pub inferred: bool,
 }
 
-/// Envoy response flags (`response.flags`) that mean the exchange says nothing about the
-/// endpoint: the downstream went away (DC, DR) or Envoy refused locally (UO, circuit breaker).
+/// Envoy response flags (`response.flags`): the downstream went away (DC, DR), or Envoy refused
+/// locally (UO, circuit breaker), which says nothing about the endpoint.
 const DOWNSTREAM_CONNECTION_TERMINATION: u64 = 0x4000;
 const DOWNSTREAM_REMOTE_RESET: u64 = 0x1000_0000;
 const UPSTREAM_OVERFLOW: u64 = 0x80;
@@ -36,11 +40,17 @@ impl Observation {
         flags: u64,
         latency_us: Option<f64>,
     ) -> Option<Observation> {
-        let answered = matches!(status, Some(code) if code != 0);
-        let not_the_endpoint =
-            DOWNSTREAM_CONNECTION_TERMINATION | DOWNSTREAM_REMOTE_RESET | UPSTREAM_OVERFLOW;
-        if !answered && flags & not_the_endpoint != 0 || flags & UPSTREAM_OVERFLOW != 0 {
+        if flags & UPSTREAM_OVERFLOW != 0 {
             return None;
+        }
+        let answered = matches!(status, Some(code) if code != 0);
+        if !answered && flags & (DOWNSTREAM_CONNECTION_TERMINATION | DOWNSTREAM_REMOTE_RESET) != 0 {
+            return Some(Observation {
+                outcome: Outcome::Abandoned,
+                gateway_failure: false,
+                latency_us,
+                inferred: false,
+            });
         }
         let outcome = match status {
             Some(100..=499) => Outcome::Success,
@@ -75,9 +85,17 @@ mod tests {
     }
 
     #[test]
-    fn a_client_that_left_or_a_local_refusal_says_nothing_about_the_endpoint() {
-        assert_eq!(Observation::from_response(None, 0x4000, None), None);
-        assert_eq!(Observation::from_response(Some(0), 0x1000_0000, None), None);
+    fn a_client_that_left_is_no_verdict_and_a_local_refusal_says_nothing() {
+        let left = Observation::from_response(None, 0x4000, Some(900_000.0)).unwrap();
+        assert_eq!(left.outcome, Outcome::Abandoned);
+        assert_eq!(
+            left.latency_us,
+            Some(900_000.0),
+            "the wait is a latency sample"
+        );
+        assert!(!left.gateway_failure);
+        let reset = Observation::from_response(Some(0), 0x1000_0000, None).unwrap();
+        assert_eq!(reset.outcome, Outcome::Abandoned);
         assert_eq!(Observation::from_response(Some(503), 0x80, None), None);
         // The client leaving after the answer does not erase the answer.
         assert!(Observation::from_response(Some(200), 0x4000, None).is_some());

@@ -28,6 +28,7 @@ impl DecayedCounts {
         match outcome {
             Outcome::Success => s += 1.0,
             Outcome::Failure => f += 1.0,
+            Outcome::Abandoned => {}
         }
         self.successes = s;
         self.failures = f;

@@ -363,7 +363,8 @@ impl<'a, S: SharedStore> EndpointTable<'a, S> {
             r.steered = attempt.enforce;
             updated = *r;
         })?;
-        if recorded != Recorded::Counted {
+        // An abandoned exchange is no verdict: no probe, no detector (its latency was noted).
+        if recorded != Recorded::Counted || attempt.observation.outcome == Outcome::Abandoned {
             return Ok((recorded, Vec::new()));
         }
         let tripped = self.inline_detector(&updated, now);
@@ -987,6 +988,7 @@ fn observe(
         r.mean_latency.observe(latency, now, latency_decay);
     }
     match o.outcome {
+        Outcome::Abandoned => {}
         Outcome::Success => {
             r.consecutive_5xx = 0;
             r.consecutive_gateway = 0;

@@ -316,3 +316,42 @@ fn retries_cannot_hide_a_failing_endpoint() {
     assert_eq!(served(&ups[4]) - before, 0);
     assert_eq!(after.ok(), after.sent);
 }
+
+#[test]
+fn hanging_endpoint_is_ejected_through_the_time_clients_waited() {
+    // No route timeout: the only signal is clients giving up. Their wait is a latency sample
+    // (not an error: a client leaving says nothing else about the endpoint).
+    let config = r#"{"version": 1, "status": {"enabled": true}, "tickInterval": "250ms",
+        "outlierDetection": {"latency": {"for": "1s"}}}"#;
+    let (ups, envoy, addr) = setup(5, 2, config);
+    let impatient = |secs: f64| {
+        open_loop(
+            addr,
+            &RequestSpec::get("/work"),
+            &OpenLoop {
+                rps: 150.0,
+                duration: Duration::from_secs_f64(secs),
+                timeout: Duration::from_millis(300),
+                grace: Duration::from_secs(1),
+                ..Default::default()
+            },
+        )
+    };
+    impatient(2.0);
+    ups[3].set_behaviour(Behaviour::ok().with_hang(true));
+    impatient(4.0);
+    let ejected = eventually(Duration::from_secs(2), || {
+        let prom = envoy.prometheus().ok()?;
+        (prometheus_value(&prom, "reflex_ejections_latency_total")? >= 1).then_some(())
+    });
+    assert!(
+        ejected.is_some(),
+        "hanging endpoint not ejected: {}",
+        status(addr, STATUS)
+    );
+    let before = served(&ups[3]);
+    let after = impatient(2.0);
+    assert_eq!(served(&ups[3]) - before, 0);
+    assert_eq!(after.ok(), after.sent, "{}", after.summary());
+    ups[3].set_behaviour(healthy());
+}
