@@ -136,7 +136,10 @@ run_tests() {
   build_wasm
   export REFLEX_WASM="$WASM_OUT"
   log "unit, harness and real-Envoy tests (host)"
-  cargo test --workspace
+  # One test at a time: the real-Envoy tests judge latency and traffic shares, and two of
+  # them (each an Envoy, upstreams and a load generator) on a 2-core machine measure each
+  # other's noise more than reflex.
+  cargo test --workspace -- --test-threads=1
   test_core_on_wasm32
   log "Istio bundle and docker-compose checks"
   "$VENV/bin/python" "$ROOT/tests/istio/validate_bundle.py" --envoy "$REFLEX_ENVOY" --wasm "$WASM_OUT"
@@ -151,9 +154,55 @@ run_demo() {
   cargo run -q --release -p reflex-harness --bin reflex-demo -- --wasm "$WASM_OUT" --envoy "$REFLEX_ENVOY"
 }
 
+# ---- benchmarks (bench/README.md) ----------------------------------------------------------
+
+BENCH_OUT="$OUT/bench"
+
+# build_bench_module CRATE OUT_NAME: builds bench/CRATE (its own workspace) for wasm32-wasip1 by
+# the same route as the filter, then wasm-opt's it into out/bench/OUT_NAME.wasm.
+build_bench_module() {
+  local crate="$1" name="$2" lib target_dir
+  lib="$(echo "reflex-$crate" | tr '-' '_')"
+  log "building bench/$crate for wasm32-wasip1"
+  wasm_cargo build --release --manifest-path "$ROOT/bench/$crate/Cargo.toml"
+  # The rustup route builds in the crate's own workspace; the Debian route shares target/debian.
+  if use_rustup_wasm; then target_dir="$ROOT/bench/$crate/target"; else target_dir="$(wasm_target_dir)"; fi
+  ensure_deb binaryen
+  mkdir -p "$BENCH_OUT"
+  wasm-opt -Oz --strip-debug \
+    --enable-bulk-memory --enable-sign-ext --enable-mutable-globals \
+    --enable-nontrapping-float-to-int --enable-multivalue --enable-reference-types \
+    "$target_dir/wasm32-wasip1/release/$lib.wasm" -o "$BENCH_OUT/$name.wasm"
+}
+
+# run_bench cost|protection [ARGS...]: builds what the benchmark needs, then runs it.
+run_bench() {
+  local which="${1:-}"
+  case "$which" in
+    cost|protection) shift ;;
+    *) die "usage: ./build.sh bench cost|protection [options]   (see bench/README.md)" ;;
+  esac
+  ensure_envoy
+  if [ -n "${REFLEX_BENCH_WASM:-}" ]; then
+    WASM_OUT="$REFLEX_BENCH_WASM"
+    log "benchmarking $WASM_OUT (REFLEX_BENCH_WASM)"
+  else
+    build_wasm
+  fi
+  if [ "$which" = cost ]; then
+    ensure_deb wrk
+    build_bench_module noop-filter noop
+    build_bench_module probe-filter probe
+  fi
+  log "building the benchmark runner"
+  cargo build -q --release -p reflex-harness --bin reflex-bench
+  "$ROOT/target/release/reflex-bench" "$which" --wasm "$WASM_OUT" --envoy "$REFLEX_ENVOY" "$@"
+}
+
 case "${1:-build}" in
   build) build_wasm ;;
   test) run_tests ;;
   demo) run_demo ;;
-  *) die "usage: ./build.sh [build|test|demo]" ;;
+  bench) shift; run_bench "$@" ;;
+  *) die "usage: ./build.sh [build|test|demo|bench cost|bench protection]" ;;
 esac

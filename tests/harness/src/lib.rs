@@ -41,6 +41,7 @@ pub mod envoy;
 mod http;
 pub mod load;
 pub mod rng;
+pub mod timeline;
 pub mod upstream;
 
 pub use client::{Client, Response};

@@ -1,0 +1,91 @@
+//! The protection benchmark's Envoy configurations (bench/configs/*.yaml) must stay valid:
+//! each passes `envoy --mode validate` (which also loads reflex and runs its configuration
+//! check), and the reflex one embeds bench/configs/reflex-all.json unchanged. The benchmark
+//! checks the same before it runs; this keeps a broken config from waiting for the next run.
+//! Set `REFLEX_SKIP_ENVOY=1` to skip where no Envoy is installed.
+
+use std::fs;
+use std::path::PathBuf;
+
+use reflex_harness::envoy::{find_envoy, workspace_root};
+use reflex_harness::Envoy;
+use serde_json::Value;
+
+fn skip() -> bool {
+    if std::env::var_os("REFLEX_SKIP_ENVOY").is_some_and(|v| !v.is_empty()) {
+        eprintln!("REFLEX_SKIP_ENVOY set: skipping");
+        return true;
+    }
+    assert!(
+        find_envoy().is_some(),
+        "no Envoy binary: set REFLEX_ENVOY or install .venv/bin/envoy (or REFLEX_SKIP_ENVOY=1)"
+    );
+    false
+}
+
+/// `$REFLEX_WASM`, else `out/reflex.wasm`; missing fails (never pass without the filter).
+fn wasm() -> PathBuf {
+    let path = std::env::var_os("REFLEX_WASM")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("out/reflex.wasm"));
+    assert!(
+        path.is_file(),
+        "{} not found: run ./build.sh first",
+        path.display()
+    );
+    path
+}
+
+fn configs() -> Vec<PathBuf> {
+    let dir = workspace_root().join("bench/configs");
+    let mut files: Vec<PathBuf> = fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn every_protection_config_passes_envoy_validate() {
+    if skip() {
+        return;
+    }
+    let files = configs();
+    assert!(
+        files.len() >= 4,
+        "expected the four configurations: {files:?}"
+    );
+    let wasm = wasm();
+    for file in files {
+        let text = fs::read_to_string(&file).unwrap().replace(
+            "filename: out/reflex.wasm",
+            &format!("filename: {}", wasm.display()),
+        );
+        if let Err(e) = Envoy::validate(&text) {
+            panic!("{} fails envoy --mode validate:\n{e}", file.display());
+        }
+    }
+}
+
+#[test]
+fn reflex_config_embeds_reflex_all_json() {
+    let dir = workspace_root().join("bench/configs");
+    let yaml = fs::read_to_string(dir.join("protection-reflex.yaml")).unwrap();
+    let lines: Vec<&str> = yaml.lines().collect();
+    let indent = |l: &str| l.len() - l.trim_start().len();
+    let start = lines.iter().position(|l| l.trim() == "value: |").unwrap();
+    let block: Vec<&str> = lines[start + 1..]
+        .iter()
+        .take_while(|l| l.trim().is_empty() || indent(l) > indent(lines[start]))
+        .copied()
+        .collect();
+    let embedded: Value = serde_json::from_str(&block.join("\n")).unwrap();
+    let file: Value =
+        serde_json::from_str(&fs::read_to_string(dir.join("reflex-all.json")).unwrap()).unwrap();
+    assert_eq!(
+        embedded, file,
+        "protection-reflex.yaml must embed reflex-all.json"
+    );
+}
