@@ -66,17 +66,22 @@ wasm_target_dir() {
   if use_rustup_wasm; then echo "$ROOT/target"; else echo "$ROOT/target/debian"; fi
 }
 
+# optimize_wasm IN OUT: wasm-opt for size, with the features rustc enables by default for
+# wasm32 today (all supported by Envoy's V8).
+optimize_wasm() {
+  ensure_deb binaryen
+  mkdir -p "$(dirname "$2")"
+  wasm-opt -Oz --strip-debug \
+    --enable-bulk-memory --enable-sign-ext --enable-mutable-globals \
+    --enable-nontrapping-float-to-int --enable-multivalue --enable-reference-types \
+    "$1" -o "$2"
+}
+
 build_wasm() {
   log "building reflex for wasm32-wasip1 ($(use_rustup_wasm && echo rustup || echo 'Debian rustc, build-std'))"
   REFLEX_GIT_SHA="$(git -C "$ROOT" rev-parse --short=12 HEAD 2>/dev/null || echo unknown)" \
     wasm_cargo build --release -p reflex
-  ensure_deb binaryen
-  mkdir -p "$OUT"
-  # The features rustc enables by default for wasm32 today; all supported by Envoy's V8.
-  wasm-opt -Oz --strip-debug \
-    --enable-bulk-memory --enable-sign-ext --enable-mutable-globals \
-    --enable-nontrapping-float-to-int --enable-multivalue --enable-reference-types \
-    "$(wasm_target_dir)/wasm32-wasip1/release/reflex.wasm" -o "$WASM_OUT"
+  optimize_wasm "$(wasm_target_dir)/wasm32-wasip1/release/reflex.wasm" "$WASM_OUT"
   local size sha
   size=$(stat -c %s "$WASM_OUT")
   sha=$(sha256sum "$WASM_OUT" | cut -d' ' -f1)
@@ -167,12 +172,7 @@ build_bench_module() {
   wasm_cargo build --release --manifest-path "$ROOT/bench/$crate/Cargo.toml"
   # The rustup route builds in the crate's own workspace; the Debian route shares target/debian.
   if use_rustup_wasm; then target_dir="$ROOT/bench/$crate/target"; else target_dir="$(wasm_target_dir)"; fi
-  ensure_deb binaryen
-  mkdir -p "$BENCH_OUT"
-  wasm-opt -Oz --strip-debug \
-    --enable-bulk-memory --enable-sign-ext --enable-mutable-globals \
-    --enable-nontrapping-float-to-int --enable-multivalue --enable-reference-types \
-    "$target_dir/wasm32-wasip1/release/$lib.wasm" -o "$BENCH_OUT/$name.wasm"
+  optimize_wasm "$target_dir/wasm32-wasip1/release/$lib.wasm" "$BENCH_OUT/$name.wasm"
 }
 
 # run_bench cost|protection [ARGS...]: builds what the benchmark needs, then runs it.

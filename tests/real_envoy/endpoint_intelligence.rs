@@ -20,7 +20,7 @@ fn setup(n: usize, workers: u32, config: &str) -> (Vec<Upstream>, Envoy, SocketA
     let ups = upstreams(n);
     ups.iter().for_each(|u| u.set_behaviour(healthy()));
     let mut proxy = ProxyConfig::new(&addrs(&ups)).with_http_filter(reflex_filter(config));
-    proxy.cluster = override_host_cluster();
+    proxy.cluster = reflex_harness::envoy::steered_cluster();
     let envoy = start(proxy.render(), workers);
     let addr = envoy.listener_addr("ingress").unwrap();
     (ups, envoy, addr)
@@ -292,7 +292,7 @@ fn retries_cannot_hide_a_failing_endpoint() {
     let ups = upstreams(5);
     ups.iter().for_each(|u| u.set_behaviour(healthy()));
     let mut proxy = ProxyConfig::new(&addrs(&ups)).with_http_filter(reflex_filter(config));
-    proxy.cluster = override_host_cluster();
+    proxy.cluster = reflex_harness::envoy::steered_cluster();
     proxy.route = serde_json::json!({"retry_policy": {
         "retry_on": "5xx,reset,connect-failure",
         "num_retries": 2,

@@ -10,7 +10,7 @@ const REQUESTS: u64 = 150;
 fn share_served_by_requested_endpoint(with_reflex: bool) -> f64 {
     let ups = upstreams(3);
     let mut proxy = ProxyConfig::new(&addrs(&ups));
-    proxy.cluster = override_host_cluster();
+    proxy.cluster = reflex_harness::envoy::steered_cluster();
     if with_reflex {
         proxy = proxy.with_http_filter(reflex_filter(r#"{"version": 1}"#));
     }

@@ -46,27 +46,6 @@ pub fn reflex_filter(config: &str) -> Value {
     })
 }
 
-/// The cluster settings reflex steers through: override_host from `x-reflex-endpoint`, with
-/// LEAST_REQUEST when the header is absent or names an unknown host, and the metadata mark
-/// that tells reflex the cluster honours the header.
-pub fn override_host_cluster() -> Value {
-    json!({
-        "lb_policy": null,
-        "metadata": {"filter_metadata": {"reflex": {"steering": "override_host"}}},
-        "load_balancing_policy": {"policies": [{"typed_extension_config": {
-            "name": "envoy.load_balancing_policies.override_host",
-            "typed_config": {
-                "@type": "type.googleapis.com/envoy.extensions.load_balancing_policies.override_host.v3.OverrideHost",
-                "override_host_sources": [{"header": "x-reflex-endpoint"}],
-                "fallback_policy": {"policies": [{"typed_extension_config": {
-                    "name": "envoy.load_balancing_policies.least_request",
-                    "typed_config": {"@type": "type.googleapis.com/envoy.extensions.load_balancing_policies.least_request.v3.LeastRequest"}
-                }}]}
-            }
-        }}]}
-    })
-}
-
 /// `n` healthy test upstreams named u0..u{n-1}.
 pub fn upstreams(n: usize) -> Vec<Upstream> {
     (0..n)

@@ -486,6 +486,28 @@ fn url_encode(s: &str) -> String {
         .collect()
 }
 
+/// Cluster settings (merged into [`ProxyConfig::cluster`]) in the shape reflex steers, as in
+/// `envoy/outbound.yaml`: override_host from `x-reflex-endpoint` with a LEAST_REQUEST fallback
+/// (absent header or unknown host), and the metadata mark that tells reflex the cluster
+/// honours the header.
+pub fn steered_cluster() -> Value {
+    json!({
+        "lb_policy": null,
+        "metadata": {"filter_metadata": {"reflex": {"steering": "override_host"}}},
+        "load_balancing_policy": {"policies": [{"typed_extension_config": {
+            "name": "envoy.load_balancing_policies.override_host",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.load_balancing_policies.override_host.v3.OverrideHost",
+                "override_host_sources": [{"header": "x-reflex-endpoint"}],
+                "fallback_policy": {"policies": [{"typed_extension_config": {
+                    "name": "envoy.load_balancing_policies.least_request",
+                    "typed_config": {"@type": "type.googleapis.com/envoy.extensions.load_balancing_policies.least_request.v3.LeastRequest"}
+                }}]}
+            }
+        }}]}
+    })
+}
+
 /// A minimal static proxy config: one HTTP listener (`ingress`) → `http_filters` → router →
 /// one round-robin cluster (`upstream`) of `endpoints`. Rendered as JSON, which Envoy accepts
 /// as YAML, so callers add filters and overrides as `serde_json::Value`s without fighting YAML

@@ -175,30 +175,11 @@ fn variants(args: &CostArgs, reflex_all: &str) -> Vec<Variant> {
     v
 }
 
-/// The cluster every variant uses: reflex's shipped one (override_host on `x-reflex-endpoint`,
-/// LEAST_REQUEST fallback, marked for steering), so that reflex runs its full path; without
-/// reflex the header is absent and LEAST_REQUEST picks.
-fn steered_cluster() -> Value {
-    json!({
-        "lb_policy": null,
-        "metadata": {"filter_metadata": {"reflex": {"steering": "override_host"}}},
-        "load_balancing_policy": {"policies": [{"typed_extension_config": {
-            "name": "envoy.load_balancing_policies.override_host",
-            "typed_config": {
-                "@type": "type.googleapis.com/envoy.extensions.load_balancing_policies.override_host.v3.OverrideHost",
-                "override_host_sources": [{"header": "x-reflex-endpoint"}],
-                "fallback_policy": {"policies": [{"typed_extension_config": {
-                    "name": "envoy.load_balancing_policies.least_request",
-                    "typed_config": {"@type": "type.googleapis.com/envoy.extensions.load_balancing_policies.least_request.v3.LeastRequest"}
-                }}]}
-            }
-        }}]}
-    })
-}
-
 fn start_envoy(endpoints: &[SocketAddr], filter: Option<&Value>) -> Result<(Envoy, SocketAddr)> {
     let mut config = ProxyConfig::new(endpoints);
-    config.cluster = steered_cluster();
+    // reflex's shipped cluster shape for every variant, so reflex runs its full path;
+    // without reflex the header is absent and LEAST_REQUEST picks.
+    config.cluster = reflex_harness::envoy::steered_cluster();
     if let Some(f) = filter {
         config = config.with_http_filter(f.clone());
     }
