@@ -1,25 +1,15 @@
 //! Shared pieces of the real-Envoy tests: the built filter, its Envoy filter entry, the
 //! override_host cluster, and the shipped configs with their ports moved to free ones.
 
-use reflex_harness::envoy::workspace_root;
 use reflex_harness::{Envoy, EnvoyOptions, Upstream};
 use serde_json::{json, Value};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-/// The release filter under test: `$REFLEX_WASM` (set by `./build.sh test`), else
-/// `out/reflex.wasm`. A missing file fails the test: it must never pass without the filter.
+/// The release filter under test (see `reflex_harness::envoy::built_filter`).
 pub fn wasm_path() -> PathBuf {
-    let path = std::env::var_os("REFLEX_WASM")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("out/reflex.wasm"));
-    assert!(
-        path.is_file(),
-        "{} not found: run ./build.sh (or ./build.sh test) first",
-        path.display()
-    );
-    path
+    reflex_harness::envoy::built_filter()
 }
 
 /// The reflex HTTP filter entry with `config` as its plugin configuration.

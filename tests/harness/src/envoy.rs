@@ -69,6 +69,35 @@ pub fn find_envoy() -> Option<PathBuf> {
     })
 }
 
+/// Whether tests that need a real Envoy should be skipped (`REFLEX_SKIP_ENVOY=1`). Without
+/// that opt-out a missing Envoy binary fails the test: it must never pass without Envoy.
+pub fn skip_envoy_tests() -> bool {
+    if std::env::var_os("REFLEX_SKIP_ENVOY").is_some_and(|v| !v.is_empty()) {
+        eprintln!("REFLEX_SKIP_ENVOY set: skipping");
+        return true;
+    }
+    assert!(
+        find_envoy().is_some(),
+        "no Envoy binary: set REFLEX_ENVOY or install .venv/bin/envoy (or REFLEX_SKIP_ENVOY=1)"
+    );
+    false
+}
+
+/// The built filter under test: `$REFLEX_WASM` (set by `./build.sh test`), else
+/// `<workspace>/out/reflex.wasm`. A missing file fails the test: it must never pass without
+/// the filter.
+pub fn built_filter() -> PathBuf {
+    let path = std::env::var_os("REFLEX_WASM")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("out/reflex.wasm"));
+    assert!(
+        path.is_file(),
+        "{} not found: run ./build.sh (or ./build.sh test) first",
+        path.display()
+    );
+    path
+}
+
 /// The cargo workspace root (this crate lives in `<root>/tests/harness`).
 pub fn workspace_root() -> PathBuf {
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));

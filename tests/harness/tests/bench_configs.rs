@@ -7,34 +7,9 @@
 use std::fs;
 use std::path::PathBuf;
 
-use reflex_harness::envoy::{find_envoy, workspace_root};
+use reflex_harness::envoy::{built_filter, skip_envoy_tests, workspace_root};
 use reflex_harness::Envoy;
 use serde_json::Value;
-
-fn skip() -> bool {
-    if std::env::var_os("REFLEX_SKIP_ENVOY").is_some_and(|v| !v.is_empty()) {
-        eprintln!("REFLEX_SKIP_ENVOY set: skipping");
-        return true;
-    }
-    assert!(
-        find_envoy().is_some(),
-        "no Envoy binary: set REFLEX_ENVOY or install .venv/bin/envoy (or REFLEX_SKIP_ENVOY=1)"
-    );
-    false
-}
-
-/// `$REFLEX_WASM`, else `out/reflex.wasm`; missing fails (never pass without the filter).
-fn wasm() -> PathBuf {
-    let path = std::env::var_os("REFLEX_WASM")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("out/reflex.wasm"));
-    assert!(
-        path.is_file(),
-        "{} not found: run ./build.sh first",
-        path.display()
-    );
-    path
-}
 
 fn configs() -> Vec<PathBuf> {
     let dir = workspace_root().join("bench/configs");
@@ -49,7 +24,7 @@ fn configs() -> Vec<PathBuf> {
 
 #[test]
 fn every_protection_config_passes_envoy_validate() {
-    if skip() {
+    if skip_envoy_tests() {
         return;
     }
     let files = configs();
@@ -57,7 +32,7 @@ fn every_protection_config_passes_envoy_validate() {
         files.len() >= 4,
         "expected the four configurations: {files:?}"
     );
-    let wasm = wasm();
+    let wasm = built_filter();
     for file in files {
         let text = fs::read_to_string(&file).unwrap().replace(
             "filename: out/reflex.wasm",

@@ -3,25 +3,13 @@
 
 use std::time::Duration;
 
-use reflex_harness::envoy::find_envoy;
+use reflex_harness::envoy::skip_envoy_tests;
 use reflex_harness::{Behaviour, Client, Envoy, EnvoyOptions, ProxyConfig, Upstream};
 use serde_json::json;
 
-fn skip() -> bool {
-    if std::env::var_os("REFLEX_SKIP_ENVOY").is_some_and(|v| !v.is_empty()) {
-        eprintln!("REFLEX_SKIP_ENVOY set: skipping");
-        return true;
-    }
-    assert!(
-        find_envoy().is_some(),
-        "no Envoy binary: set REFLEX_ENVOY or install .venv/bin/envoy (or REFLEX_SKIP_ENVOY=1)"
-    );
-    false
-}
-
 #[test]
 fn proxies_to_two_upstreams_and_reports_stats() {
-    if skip() {
+    if skip_envoy_tests() {
         return;
     }
     let u0 = Upstream::start("u0", Behaviour::ok()).unwrap();
@@ -92,7 +80,7 @@ fn proxies_to_two_upstreams_and_reports_stats() {
 
 #[test]
 fn start_failure_reports_envoy_output_and_validate_works() {
-    if skip() {
+    if skip_envoy_tests() {
         return;
     }
     let good = ProxyConfig::new(&["127.0.0.1:1".parse().unwrap()])

@@ -440,6 +440,34 @@ pub fn write_result(name: &str, contents: &str) -> Result<PathBuf> {
     Ok(path)
 }
 
+/// Writes a run's JSON (`<prefix>-<stamp>.json`) and, for a full run, the published
+/// `<kind>-latest.json/.md`; a partial run's table goes to `<kind>-partial.md` and never
+/// replaces the published one. Prints the table and where it went.
+pub fn publish(
+    kind: &str,
+    prefix: &str,
+    json_text: &str,
+    md: &str,
+    full: bool,
+    elapsed: std::time::Duration,
+) -> Result<()> {
+    let run_path = write_result(&format!("{prefix}-{}.json", stamp()), json_text)?;
+    let md_path = if full {
+        write_result(&format!("{kind}-latest.json"), json_text)?;
+        write_result(&format!("{kind}-latest.md"), md)?
+    } else {
+        write_result(&format!("{kind}-partial.md"), md)?
+    };
+    println!("\n{md}");
+    println!(
+        "wrote {} and {} ({:.0} s)",
+        run_path.display(),
+        md_path.display(),
+        elapsed.as_secs_f64()
+    );
+    Ok(())
+}
+
 pub fn to_json<T: Serialize>(v: &T) -> Result<String> {
     serde_json::to_string_pretty(v).map_err(|e| e.to_string())
 }

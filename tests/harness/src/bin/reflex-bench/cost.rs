@@ -793,17 +793,7 @@ pub fn run(args: &CostArgs) -> Result<()> {
         "elapsedSecs": elapsed.as_secs_f64(),
     });
     let json_text = common::to_json(&doc)?;
-    let run_path = common::write_result(&format!("cost-{}.json", common::stamp()), &json_text)?;
-    common::write_result("cost-latest.json", &json_text)?;
-    let md_path = common::write_result("cost-latest.md", &md)?;
-    println!("\n{md}");
-    println!(
-        "wrote {} and {} ({:.0} s)",
-        run_path.display(),
-        md_path.display(),
-        elapsed.as_secs_f64()
-    );
-    Ok(())
+    common::publish("cost", "cost", &json_text, &md, true, elapsed)
 }
 
 fn per_variant<'a>(samples: &'a [Sample], key: &str) -> Vec<&'a Sample> {

@@ -1055,22 +1055,9 @@ pub fn run(args: &ProtectionArgs) -> Result<()> {
     } else {
         "protection"
     };
-    let run_path = common::write_result(&format!("{prefix}-{}.json", common::stamp()), &json_text)?;
-    let md_path = if args.quick || args.scenarios.is_some() || args.configs.is_some() {
-        // Partial runs never replace the published table.
-        common::write_result("protection-partial.md", &md)?
-    } else {
-        common::write_result("protection-latest.json", &json_text)?;
-        common::write_result("protection-latest.md", &md)?
-    };
-    println!("\n{md}");
-    println!(
-        "wrote {} and {} ({:.0} s)",
-        run_path.display(),
-        md_path.display(),
-        elapsed.as_secs_f64()
-    );
-    Ok(())
+    // Partial runs never replace the published table.
+    let full = !(args.quick || args.scenarios.is_some() || args.configs.is_some());
+    common::publish("protection", prefix, &json_text, &md, full, elapsed)
 }
 
 #[cfg(test)]
