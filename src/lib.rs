@@ -7,6 +7,7 @@
 //! - [`config`]: the operator's JSON, parsed strictly and validated into typed values.
 //! - [`core`]: pure decision logic (outcome classification, time).
 //! - [`state`]: state shared by all Envoy workers (versioned encoding, CAS updates, bounds).
+//! - [`control`]: the local control endpoint's protocol (requests, answers, token check).
 //! - [`properties`]: decoding of the values Envoy reports (codes, addresses).
 //! - [`status`]: the JSON status document.
 //! - `adapter` (wasm32-wasip1 only): proxy-wasm contexts, host store, metrics.
@@ -14,6 +15,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 pub mod config;
+pub mod control;
 pub mod core;
 pub mod properties;
 pub mod state;

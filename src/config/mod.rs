@@ -5,11 +5,17 @@
 //! validates ranges and cross-field rules into typed values. Every error names the JSON path
 //! and the rule, so the line Envoy logs is enough to fix the document.
 
+mod admission;
 mod duration;
+mod emergency;
+mod guard;
 mod raw;
+mod retries;
 
 pub use duration::{parse_duration, Millis};
 
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value};
 use std::fmt;
 
 /// The only schema version this build understands.
@@ -177,6 +183,62 @@ impl Config {
             .map_err(|err| ConfigError::new(".", strip_position(&err.to_string())))?;
         raw.validate()
     }
+}
+
+/// Reads a section that may carry per-destination overrides under `clusters`
+/// (`{"ratio": 0.2, "clusters": {"outbound|80||pay.svc": {"ratio": 0.1}}}`). An override is
+/// the section with some fields changed: what it omits keeps the section's value, so one
+/// line changes one destination. Errors name the full path, override included.
+pub(super) fn section_with_overrides<R: DeserializeOwned>(
+    path: &str,
+    section: Option<Value>,
+) -> Result<(R, Vec<(String, R)>), ConfigError> {
+    let mut base = match section {
+        None => Map::new(),
+        Some(Value::Object(map)) => map,
+        Some(_) => return Err(ConfigError::new(path, "must be an object")),
+    };
+    let overrides = match base.remove("clusters") {
+        None => Map::new(),
+        Some(Value::Object(map)) => map,
+        Some(_) => {
+            return Err(ConfigError::new(
+                &format!("{path}.clusters"),
+                "must be an object of cluster name to overrides",
+            ))
+        }
+    };
+    let section: R = from_value(path, Value::Object(base.clone()))?;
+    let mut per_cluster = Vec::with_capacity(overrides.len());
+    for (cluster, changes) in overrides {
+        let at = format!("{path}.clusters.{cluster}");
+        let Value::Object(changes) = changes else {
+            return Err(ConfigError::new(&at, "must be an object"));
+        };
+        if changes.contains_key("clusters") {
+            return Err(ConfigError::new(
+                &format!("{at}.clusters"),
+                "must not be set: overrides do not nest",
+            ));
+        }
+        let mut merged = base.clone();
+        merged.extend(changes);
+        per_cluster.push((cluster, from_value(&at, Value::Object(merged))?));
+    }
+    Ok((section, per_cluster))
+}
+
+/// Deserializes a JSON value, naming errors by `path` followed by the path inside it.
+fn from_value<R: DeserializeOwned>(path: &str, value: Value) -> Result<R, ConfigError> {
+    serde_path_to_error::deserialize(value).map_err(|err| {
+        let inner = err.path().to_string();
+        let full = if inner == "." {
+            path.to_string()
+        } else {
+            format!("{path}.{inner}")
+        };
+        ConfigError::new(&full, strip_position(&err.into_inner().to_string()))
+    })
 }
 
 /// serde_json appends "at line L column C"; the JSON path says more, and the position of

@@ -384,7 +384,7 @@ fn default_tick() -> Millis {
 }
 
 /// Checks `min <= value <= max`, naming the path and the bounds when it is not.
-fn in_range<T: PartialOrd + Copy + std::fmt::Display>(
+pub(super) fn in_range<T: PartialOrd + Copy + std::fmt::Display>(
     path: &str,
     value: T,
     min: T,
@@ -401,7 +401,7 @@ fn in_range<T: PartialOrd + Copy + std::fmt::Display>(
 }
 
 /// Header names as Envoy stores them: lowercase HTTP tokens, no pseudo-headers.
-fn header_name(path: &str, name: String) -> Result<String, ConfigError> {
+pub(super) fn header_name(path: &str, name: String) -> Result<String, ConfigError> {
     let token =
         |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || "!#$%&'*+-.^_`|~".contains(c);
     if name.is_empty() || !name.chars().all(token) {
@@ -414,7 +414,7 @@ fn header_name(path: &str, name: String) -> Result<String, ConfigError> {
 }
 
 /// A request path: absolute, printable, no spaces, no query.
-fn request_path(path: &str, value: String) -> Result<String, ConfigError> {
+pub(super) fn request_path(path: &str, value: String) -> Result<String, ConfigError> {
     let ok = value.starts_with('/')
         && value.len() <= 256
         && value

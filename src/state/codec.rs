@@ -207,27 +207,31 @@ pub struct Writer {
 }
 
 impl Writer {
-    fn new() -> Self {
+    pub fn new() -> Self {
         Writer { out: vec![FORMAT] }
     }
-    fn u8(&mut self, v: u8) {
+    /// The encoded bytes.
+    pub fn finish(self) -> Vec<u8> {
+        self.out
+    }
+    pub fn u8(&mut self, v: u8) {
         self.out.push(v);
     }
-    fn u16(&mut self, v: u16) {
+    pub fn u16(&mut self, v: u16) {
         self.out.extend_from_slice(&v.to_le_bytes());
     }
-    fn u32(&mut self, v: u32) {
+    pub fn u32(&mut self, v: u32) {
         self.out.extend_from_slice(&v.to_le_bytes());
     }
-    fn u64(&mut self, v: u64) {
+    pub fn u64(&mut self, v: u64) {
         self.out.extend_from_slice(&v.to_le_bytes());
     }
-    fn f64(&mut self, v: f64) {
+    pub fn f64(&mut self, v: f64) {
         self.u64(v.to_bits());
     }
     /// Names longer than the decoder accepts are cut (they cannot occur: Envoy cluster names
     /// and addresses are far shorter) rather than written unreadable.
-    fn str(&mut self, s: &str) {
+    pub fn str(&mut self, s: &str) {
         let mut end = s.len().min(MAX_NAME_LEN);
         while !s.is_char_boundary(end) {
             end -= 1;
@@ -243,7 +247,7 @@ pub struct Reader<'a> {
 }
 
 impl<'a> Reader<'a> {
-    fn new(bytes: &'a [u8]) -> Result<Self, DecodeError> {
+    pub fn new(bytes: &'a [u8]) -> Result<Self, DecodeError> {
         match bytes.split_first() {
             Some((&FORMAT, rest)) => Ok(Reader { rest }),
             Some((&other, _)) => Err(DecodeError::UnknownFormat(other)),
@@ -266,20 +270,20 @@ impl<'a> Reader<'a> {
         Ok(buf)
     }
 
-    fn u8(&mut self) -> Result<u8, DecodeError> {
+    pub fn u8(&mut self) -> Result<u8, DecodeError> {
         Ok(self.array::<1>()?[0])
     }
-    fn u16(&mut self) -> Result<u16, DecodeError> {
+    pub fn u16(&mut self) -> Result<u16, DecodeError> {
         Ok(u16::from_le_bytes(self.array()?))
     }
-    fn u32(&mut self) -> Result<u32, DecodeError> {
+    pub fn u32(&mut self) -> Result<u32, DecodeError> {
         Ok(u32::from_le_bytes(self.array()?))
     }
-    fn u64(&mut self) -> Result<u64, DecodeError> {
+    pub fn u64(&mut self) -> Result<u64, DecodeError> {
         Ok(u64::from_le_bytes(self.array()?))
     }
     /// Non-finite floats are refused: they would poison every comparison downstream.
-    fn f64(&mut self) -> Result<f64, DecodeError> {
+    pub fn f64(&mut self) -> Result<f64, DecodeError> {
         let v = f64::from_bits(self.u64()?);
         if v.is_finite() {
             Ok(v)
@@ -287,7 +291,7 @@ impl<'a> Reader<'a> {
             Err(DecodeError::BadValue)
         }
     }
-    fn str(&mut self) -> Result<String, DecodeError> {
+    pub fn str(&mut self) -> Result<String, DecodeError> {
         let len = usize::from(self.u16()?);
         if len > MAX_NAME_LEN {
             return Err(DecodeError::TooLong);

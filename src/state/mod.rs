@@ -4,9 +4,11 @@
 //!
 //! - [`store`]: the narrow host interface ([`SharedStore`]) and the CAS retry loop.
 //! - [`codec`]: the versioned byte encoding of every value reflex stores.
+//! - [`record`]: small per-key values (budgets, breakers, limiters, switches) under CAS.
 //! - [`table`]: the endpoint table (clusters -> endpoints -> statistics), bounded.
 
 pub mod codec;
+pub mod record;
 pub mod store;
 pub mod table;
 
