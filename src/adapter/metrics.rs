@@ -49,6 +49,49 @@ pub struct Metrics {
     pub panic_clusters: u32,
     /// Endpoints forgotten after `endpoints.forgetAfter` without traffic.
     pub endpoints_forgotten: u32,
+    /// Retries reserved from the budget (the most a request may use), retries Envoy made,
+    /// and retries the budget refused to reserve; the budget level of the last destination
+    /// a request drew from.
+    pub retries_allowed: u32,
+    pub retries_used: u32,
+    pub retries_denied_budget: u32,
+    pub retry_budget_available: u32,
+    /// Requests refused by an open breaker, client-side throttling, a full bulkhead; and
+    /// the refusals a dry-run only counted.
+    pub breaker_rejected: u32,
+    pub throttle_rejected: u32,
+    pub bulkhead_rejected: u32,
+    pub guard_dry_run_rejections: u32,
+    /// Breaker transitions, and the guarded destinations whose breaker is open (tick).
+    pub breaker_opened: u32,
+    pub breaker_closed: u32,
+    pub breakers_open: u32,
+    /// Client-side throttling probability of the last destination a request went to, in
+    /// per mille.
+    pub throttle_probability_permille: u32,
+    /// Admission (inbound): admitted and shed by priority class (critical, default,
+    /// sheddable), shed by the token bucket, refusals only counted in dry-run, and the
+    /// limiter's gauges.
+    pub admitted: [u32; 3],
+    pub shed: [u32; 3],
+    pub rate_limited: u32,
+    pub admission_dry_run_shed: u32,
+    pub admission_limit: u32,
+    pub admission_in_flight: u32,
+    pub limit_changes: u32,
+    /// Emergency switches: requests killed and shed, and the switch states (tick and on
+    /// every change through this worker's control endpoint).
+    pub killed: u32,
+    pub emergency_shed: u32,
+    pub switch_kill_rules: u32,
+    pub switch_shed_sheddable_percent: u32,
+    pub switch_shed_default_percent: u32,
+    pub switch_freeze: u32,
+    pub switch_dry_run: u32,
+    /// Control endpoint: requests served, refused for a wrong or missing token, changes.
+    pub control_requests: u32,
+    pub control_unauthorized: u32,
+    pub control_changes: u32,
 }
 
 impl Metrics {
@@ -84,6 +127,43 @@ impl Metrics {
             ejected_endpoints: gauge("reflex_ejected_endpoints")?,
             panic_clusters: gauge("reflex_panic_clusters")?,
             endpoints_forgotten: counter("reflex_endpoints_forgotten_total")?,
+            retries_allowed: counter("reflex_retries_allowed_total")?,
+            retries_used: counter("reflex_retries_used_total")?,
+            retries_denied_budget: counter("reflex_retries_denied_budget_total")?,
+            retry_budget_available: gauge("reflex_retry_budget_available")?,
+            breaker_rejected: counter("reflex_breaker_rejected_total")?,
+            throttle_rejected: counter("reflex_throttle_rejected_total")?,
+            bulkhead_rejected: counter("reflex_bulkhead_rejected_total")?,
+            guard_dry_run_rejections: counter("reflex_guard_dry_run_rejections_total")?,
+            breaker_opened: counter("reflex_breaker_opened_total")?,
+            breaker_closed: counter("reflex_breaker_closed_total")?,
+            breakers_open: gauge("reflex_breakers_open")?,
+            throttle_probability_permille: gauge("reflex_throttle_probability_permille")?,
+            admitted: [
+                counter("reflex_admitted_critical_total")?,
+                counter("reflex_admitted_default_total")?,
+                counter("reflex_admitted_sheddable_total")?,
+            ],
+            shed: [
+                counter("reflex_shed_critical_total")?,
+                counter("reflex_shed_default_total")?,
+                counter("reflex_shed_sheddable_total")?,
+            ],
+            rate_limited: counter("reflex_rate_limited_total")?,
+            admission_dry_run_shed: counter("reflex_admission_dry_run_shed_total")?,
+            admission_limit: gauge("reflex_admission_limit")?,
+            admission_in_flight: gauge("reflex_admission_in_flight")?,
+            limit_changes: counter("reflex_admission_limit_changes_total")?,
+            killed: counter("reflex_killed_total")?,
+            emergency_shed: counter("reflex_emergency_shed_total")?,
+            switch_kill_rules: gauge("reflex_switch_kill_rules")?,
+            switch_shed_sheddable_percent: gauge("reflex_switch_shed_sheddable_percent")?,
+            switch_shed_default_percent: gauge("reflex_switch_shed_default_percent")?,
+            switch_freeze: gauge("reflex_switch_freeze")?,
+            switch_dry_run: gauge("reflex_switch_dry_run")?,
+            control_requests: counter("reflex_control_requests_total")?,
+            control_unauthorized: counter("reflex_control_unauthorized_total")?,
+            control_changes: counter("reflex_control_changes_total")?,
         })
     }
 
@@ -94,5 +174,37 @@ impl Metrics {
 
     pub fn set(id: u32, value: u64) {
         let _ = hostcalls::record_metric(id, value);
+    }
+}
+
+impl Metrics {
+    /// Index of a priority class in the per-class counters.
+    pub fn class(priority: crate::core::priority::Priority) -> usize {
+        match priority {
+            crate::core::priority::Priority::Critical => 0,
+            crate::core::priority::Priority::Default => 1,
+            crate::core::priority::Priority::Sheddable => 2,
+        }
+    }
+
+    /// The switch-state gauges.
+    pub fn switches(
+        &self,
+        switches: &crate::core::emergency::Switches,
+        now: crate::core::time::Instant,
+    ) {
+        let active = switches.active(now);
+        let shed = active.shed_at(now);
+        Metrics::set(self.switch_kill_rules, active.kill.len() as u64);
+        Metrics::set(
+            self.switch_shed_sheddable_percent,
+            shed.map_or(0, |s| u64::from(s.sheddable_percent)),
+        );
+        Metrics::set(
+            self.switch_shed_default_percent,
+            shed.map_or(0, |s| u64::from(s.default_percent)),
+        );
+        Metrics::set(self.switch_freeze, u64::from(active.frozen(now)));
+        Metrics::set(self.switch_dry_run, u64::from(active.dry_run(now)));
     }
 }

@@ -1,83 +1,169 @@
-//! The root context: one per worker VM. Owns the validated configuration and the metrics,
-//! runs the housekeeping tick, and creates one HTTP context per request.
+//! The root context: one per worker VM. Owns the validated configuration, the metrics and
+//! the worker's local state; runs the housekeeping tick; creates one HTTP context per
+//! request. A `switches` instance (the Istio emergency manifests) only renews its published
+//! switches each tick.
 
-use super::host::{now, now_us, HostStore};
+use super::host::{now, now_us, property, HostStore};
 use super::http::ReflexHttp;
 use super::metrics::Metrics;
 use super::transitions;
-use crate::config::Config;
+use crate::config::{Config, Role};
+use crate::core::concurrency_limit::LimitChange;
+use crate::core::emergency::Switches;
+use crate::core::latency_quantile::LatencyQuantile;
 use crate::core::rng::SplitMix64;
-use crate::state::EndpointTable;
+use crate::core::time::Instant;
+use crate::properties;
+use crate::state::guard::{self, Destinations, Guard};
+use crate::state::record::{load, RecordError};
+use crate::state::{admission, switchboard, EndpointTable};
 use log::{error, info, warn};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::ContextType;
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 use std::time::Duration;
+
+/// Ticks a published switch set outlives its last renewal.
+const LEASE_TICKS: u64 = 3;
+/// At most one admission-limit log line per worker per this many milliseconds.
+const LIMIT_LOG_EVERY_MS: u64 = 5_000;
+
+/// What one worker keeps for itself (shared by its root and HTTP contexts; wasm VMs are
+/// single-threaded).
+#[derive(Default)]
+pub struct Worker {
+    /// Per cluster, the latency cold endpoints are scored with (refreshed each tick).
+    typical_latency: RefCell<Vec<(String, f64)>>,
+    /// Per cluster, the latency distribution the per-try timeout is derived from. Each
+    /// worker sees a fair sample of the traffic, so this needs no sharing.
+    latency: RefCell<HashMap<String, LatencyQuantile>>,
+    /// The emergency section of this instance's own configuration.
+    own_switches: RefCell<Switches>,
+    /// Destinations this worker has already listed in shared data.
+    remembered: RefCell<HashSet<String>>,
+    last_limit_log: Cell<u64>,
+}
+
+impl Worker {
+    pub fn typical_latency(&self, cluster: &str) -> Option<f64> {
+        self.typical_latency
+            .borrow()
+            .iter()
+            .find(|(c, _)| c == cluster)
+            .map(|(_, l)| *l)
+    }
+
+    pub fn latency_quantile(&self, cluster: &str, q: f64, now: Instant) -> Option<f64> {
+        self.latency
+            .borrow()
+            .get(cluster)
+            .and_then(|h| h.quantile(q, now))
+    }
+
+    pub fn record_latency(&self, cluster: &str, latency_us: f64, now: Instant, config: &Config) {
+        let half_life = config
+            .retries
+            .for_cluster(cluster)
+            .per_try_timeout
+            .as_ref()
+            .map_or(crate::config::Millis::from_secs(10), |t| t.half_life);
+        let mut map = self.latency.borrow_mut();
+        if !map.contains_key(cluster) && map.len() >= config.endpoints.max_clusters {
+            return;
+        }
+        map.entry(cluster.to_string())
+            .or_insert_with(|| LatencyQuantile::new(half_life))
+            .record(latency_us, now);
+    }
+
+    pub fn own_switches(&self) -> Switches {
+        self.own_switches.borrow().clone()
+    }
+
+    /// Lists `destination` in shared data once per worker (for status and gauges).
+    pub fn remember(&self, destination: &str, max: usize) {
+        if self.remembered.borrow().contains(destination) {
+            return;
+        }
+        if guard::remember(&HostStore, destination, max).is_ok() {
+            let mut set = self.remembered.borrow_mut();
+            if set.len() < max {
+                set.insert(destination.to_string());
+            }
+        }
+    }
+
+    /// Every listed destination's guard value.
+    pub fn guard_values(&self) -> Result<Vec<(String, Guard)>, RecordError> {
+        let list: Destinations = load(&HostStore, guard::DESTINATIONS_KEY)?;
+        list.0
+            .into_iter()
+            .map(|d| {
+                let (cluster, route) = match d.split_once('\u{1f}') {
+                    Some((c, r)) => (c.to_string(), Some(r.to_string())),
+                    None => (d.clone(), None),
+                };
+                let value: Guard = load(&HostStore, &guard::key(&cluster, route.as_deref()))?;
+                Ok((d, value))
+            })
+            .collect()
+    }
+
+    /// Logs an admission-limit change, at most once per [`LIMIT_LOG_EVERY_MS`] per worker.
+    pub fn log_limit_change(&self, change: &LimitChange, now: Instant) {
+        if now.0.saturating_sub(self.last_limit_log.get()) < LIMIT_LOG_EVERY_MS {
+            return;
+        }
+        self.last_limit_log.set(now.0);
+        info!(
+            "reflex admission limit {:.0} -> {:.0} (no-load latency {:.1}ms, window latency {:.1}ms)",
+            change.from, change.to, change.no_load_ms, change.sample_ms
+        );
+    }
+}
 
 #[derive(Default)]
 pub struct ReflexRoot {
     config: Option<Rc<Config>>,
     metrics: Option<Metrics>,
+    worker: Rc<Worker>,
     /// Last tracked counts, to log changes once instead of every tick.
     tracked: (usize, usize),
     /// Clusters this worker last saw in panic, to log entering and leaving once.
     panicking: Vec<String>,
-    /// Per cluster, the latency cold endpoints are scored with (refreshed each tick, handed
-    /// to every HTTP context).
-    typical_latency: Rc<Vec<(String, f64)>>,
+    /// This instance's plugin name (the key of its published switches).
+    plugin_name: String,
 }
 
 impl Context for ReflexRoot {}
 
-impl RootContext for ReflexRoot {
-    fn on_vm_start(&mut self, _vm_configuration_size: usize) -> bool {
-        info!("reflex {} ({}) starting", crate::VERSION, crate::GIT_SHA);
-        match Metrics::define() {
-            Ok(metrics) => {
-                self.metrics = Some(metrics);
-                true
-            }
-            Err(status) => {
-                error!("reflex: cannot define metrics: {status:?}");
-                false
-            }
+impl ReflexRoot {
+    /// A `switches` instance: renew the published set.
+    fn publish(&self, config: &Config) {
+        let now = now();
+        let until = Instant(now.0 + config.tick_interval.0 * LEASE_TICKS);
+        let switches = self.worker.own_switches();
+        match switchboard::push(&HostStore, &self.plugin_name, &switches, until, now) {
+            Ok(true) => warn!(
+                "reflex switches {:?} published: {}",
+                self.plugin_name,
+                crate::control::status_value(&Switches::default(), &switches, now)["effective"]
+            ),
+            Ok(false) => {}
+            Err(err) => warn!(
+                "reflex switches {:?}: cannot publish: {err:?}",
+                self.plugin_name
+            ),
         }
     }
 
-    fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
-        let bytes = self.get_plugin_configuration().unwrap_or_default();
-        match Config::parse(&bytes) {
-            Ok(config) => {
-                let tick = Duration::from_millis(config.tick_interval.0);
-                self.set_tick_period(tick);
-                info!(
-                    "reflex configuration accepted: steering header {:?}, status endpoint {}",
-                    config.steering.header,
-                    if config.status.enabled {
-                        config.status.path.as_str()
-                    } else {
-                        "off"
-                    }
-                );
-                self.config = Some(Rc::new(config));
-                true
-            }
-            Err(err) => {
-                // Returning false makes Envoy reject this configuration; a previous one (if
-                // any) keeps serving.
-                error!("{err}");
-                false
-            }
-        }
-    }
-
-    fn on_tick(&mut self) {
-        let (Some(config), Some(metrics)) = (&self.config, &self.metrics) else {
-            return;
-        };
+    fn sweep(&mut self, config: &Config, metrics: &Metrics) {
+        let now = now();
         let table = EndpointTable::new(&HostStore, config);
         let mut rng = SplitMix64::new(now_us());
-        match table.sweep(now(), &mut rng) {
+        match table.sweep(now, &mut rng) {
             Ok(sweep) => {
                 Metrics::set(metrics.tracked_clusters, sweep.clusters as u64);
                 Metrics::set(metrics.tracked_endpoints, sweep.endpoints as u64);
@@ -100,7 +186,7 @@ impl RootContext for ReflexRoot {
                     info!("reflex panic over in {cluster}");
                 }
                 self.panicking = sweep.panicking;
-                self.typical_latency = Rc::new(sweep.typical_latency_us);
+                *self.worker.typical_latency.borrow_mut() = sweep.typical_latency_us;
                 if sweep.forgotten > 0 {
                     info!(
                         "reflex forgot {} endpoint(s) idle for more than {}",
@@ -123,13 +209,114 @@ impl RootContext for ReflexRoot {
         }
     }
 
+    /// Gauges of state other workers may have changed: switches, breakers, admission.
+    fn gauges(&self, config: &Config, metrics: &Metrics) {
+        let now = now();
+        if let Ok(board) = switchboard::read(&HostStore) {
+            metrics.switches(&board.effective(&self.worker.own_switches(), now), now);
+        }
+        if let Ok(guards) = self.worker.guard_values() {
+            let open = guards
+                .iter()
+                .filter(|(_, g)| g.breaker.state != crate::core::breaker::BreakerState::Closed)
+                .count();
+            Metrics::set(metrics.breakers_open, open as u64);
+        }
+        if config.admission.enabled {
+            if let Ok(state) = load::<admission::AdmissionState>(&HostStore, admission::KEY) {
+                Metrics::set(metrics.admission_limit, u64::from(state.limiter.limit()));
+                Metrics::set(
+                    metrics.admission_in_flight,
+                    u64::from(state.limiter.in_flight()),
+                );
+            }
+        }
+    }
+}
+
+impl RootContext for ReflexRoot {
+    fn on_vm_start(&mut self, _vm_configuration_size: usize) -> bool {
+        info!("reflex {} ({}) starting", crate::VERSION, crate::GIT_SHA);
+        match Metrics::define() {
+            Ok(metrics) => {
+                self.metrics = Some(metrics);
+                true
+            }
+            Err(status) => {
+                error!("reflex: cannot define metrics: {status:?}");
+                false
+            }
+        }
+    }
+
+    fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
+        let bytes = self.get_plugin_configuration().unwrap_or_default();
+        match Config::parse(&bytes) {
+            Ok(config) => {
+                let tick = Duration::from_millis(config.tick_interval.0);
+                self.set_tick_period(tick);
+                self.plugin_name = property(&["plugin_name"])
+                    .as_deref()
+                    .and_then(properties::string)
+                    .unwrap_or("reflex")
+                    .to_string();
+                *self.worker.own_switches.borrow_mut() =
+                    config.emergency.switches.clone().stamped(now());
+                if config.role == Role::Switches {
+                    info!(
+                        "reflex switches instance {:?} configured: publishing its emergency section every {}",
+                        self.plugin_name, config.tick_interval
+                    );
+                    self.publish(&config);
+                } else {
+                    info!(
+                        "reflex configuration accepted: steering header {:?}, status endpoint {}, control endpoint {}",
+                        config.steering.header,
+                        if config.status.enabled {
+                            config.status.path.as_str()
+                        } else {
+                            "off"
+                        },
+                        if config.control.enabled {
+                            config.control.path_prefix.as_str()
+                        } else {
+                            "off"
+                        }
+                    );
+                }
+                self.config = Some(Rc::new(config));
+                true
+            }
+            Err(err) => {
+                // Returning false makes Envoy reject this configuration; a previous one (if
+                // any) keeps serving.
+                error!("{err}");
+                false
+            }
+        }
+    }
+
+    fn on_tick(&mut self) {
+        let (Some(config), Some(metrics)) = (self.config.clone(), self.metrics) else {
+            return;
+        };
+        if config.role == Role::Switches {
+            self.publish(&config);
+            return;
+        }
+        self.sweep(&config, &metrics);
+        self.gauges(&config, &metrics);
+    }
+
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
         // Envoy creates HTTP contexts only after a successful on_configure, but the SDK
         // aborts on None, so a context without configuration simply passes traffic through.
+        // A `switches` instance decides nothing per request.
+        let config = self.config.clone().filter(|c| c.role == Role::Filter);
         Some(Box::new(ReflexHttp::new(
-            self.config.clone(),
+            config,
             self.metrics,
-            self.typical_latency.clone(),
+            self.worker.clone(),
             context_id,
         )))
     }

@@ -2,6 +2,7 @@
 //! worker whose compare-and-swap made a transition receives it, so each is reported once.
 
 use super::metrics::Metrics;
+use crate::core::breaker::{BreakerState, BreakerTransition};
 use crate::core::outlier::Detector;
 use crate::state::table::Transition;
 use log::{info, warn};
@@ -96,4 +97,37 @@ fn detector_index(detector: Detector) -> usize {
         .iter()
         .position(|d| *d == detector)
         .unwrap_or(0)
+}
+
+/// A breaker transition of `destination`: one log line and the matching counter.
+pub fn breaker(metrics: &Metrics, destination: &str, t: &BreakerTransition, dry_run: bool) {
+    let destination = destination.replace('\u{1f}', " route ");
+    let reason = t
+        .reason
+        .map_or(String::new(), |r| format!(" ({})", r.name()));
+    let note = if dry_run {
+        " [dry-run: not enforced]"
+    } else {
+        ""
+    };
+    match t.to {
+        BreakerState::Open => {
+            Metrics::add(metrics.breaker_opened, 1);
+            warn!(
+                "reflex circuit breaker {destination}: {} -> open{reason}{note}",
+                t.from.name()
+            );
+        }
+        BreakerState::Closed => {
+            Metrics::add(metrics.breaker_closed, 1);
+            info!(
+                "reflex circuit breaker {destination}: {} -> closed",
+                t.from.name()
+            );
+        }
+        BreakerState::HalfOpen => info!(
+            "reflex circuit breaker {destination}: {} -> half-open, probing",
+            t.from.name()
+        ),
+    }
 }

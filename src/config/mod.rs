@@ -12,7 +12,14 @@ mod guard;
 mod raw;
 mod retries;
 
+pub use admission::{Admission, PriorityRules, RateLimit, Reject};
 pub use duration::{parse_duration, Millis};
+pub use emergency::{AllowFrom, Control, Emergency};
+pub use guard::{
+    BreakerScope, BulkheadConfig, BulkheadSection, CircuitBreaker, CircuitBreakerSection,
+    ClientThrottling, ClientThrottlingSection, LocalReply, PerCluster,
+};
+pub use retries::{PerTryTimeout, Retries, RetriesSection};
 
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
@@ -158,9 +165,36 @@ pub struct OutlierDetection {
     pub probes: u32,
 }
 
+/// What a reflex instance does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Role {
+    /// The resilience filter: every feature the document enables.
+    #[default]
+    Filter,
+    /// Only publishes its `emergency` section to the filters sharing its `vm_id`, renewed
+    /// every tick, and lets every request through: the shape of the Istio emergency
+    /// manifests, which add such an instance and take it away again (the switches lapse
+    /// within a few ticks of its removal).
+    Switches,
+}
+
+/// Top-level fields a `switches` instance may carry.
+const SWITCHES_FIELDS: [&str; 4] = ["version", "role", "emergency", "tickInterval"];
+
 /// A validated configuration: every value in range, every duration parsed.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
+    pub role: Role,
+    /// Global dry-run: every automatic mechanism decides and reports but does not act.
+    pub dry_run: bool,
+    pub retries: RetriesSection,
+    pub circuit_breaker: CircuitBreakerSection,
+    pub bulkhead: BulkheadSection,
+    pub client_throttling: ClientThrottlingSection,
+    pub admission: Admission,
+    pub emergency: Emergency,
+    pub control: Control,
     pub steering: Steering,
     pub endpoints: Endpoints,
     pub load_balancing: LoadBalancing,
@@ -181,7 +215,21 @@ impl Config {
         })?;
         de.end()
             .map_err(|err| ConfigError::new(".", strip_position(&err.to_string())))?;
-        raw.validate()
+        let config = raw.validate()?;
+        if config.role == Role::Switches {
+            let fields: Map<String, Value> = serde_json::from_slice(bytes)
+                .map_err(|err| ConfigError::new(".", strip_position(&err.to_string())))?;
+            if let Some(field) = fields
+                .keys()
+                .find(|k| !SWITCHES_FIELDS.contains(&k.as_str()))
+            {
+                return Err(ConfigError::new(
+                    field,
+                    "must not be set when role is \"switches\": such an instance only publishes its emergency section",
+                ));
+            }
+        }
+        Ok(config)
     }
 }
 

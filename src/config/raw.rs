@@ -3,8 +3,9 @@
 //! exposed or enforced unless the document asks for it.
 
 use super::{
-    Config, ConfigError, Consecutive, Detectors, Endpoints, FailurePercentage, Latency,
-    LoadBalancing, Millis, OutlierDetection, Status, Steering, SuccessRate, SCHEMA_VERSION,
+    admission, emergency, guard, retries, Config, ConfigError, Consecutive, Detectors, Endpoints,
+    FailurePercentage, Latency, LoadBalancing, Millis, OutlierDetection, Role, Status, Steering,
+    SuccessRate, SCHEMA_VERSION,
 };
 use serde::Deserialize;
 
@@ -24,6 +25,17 @@ pub(super) struct RawConfig {
     status: RawStatus,
     #[serde(default = "default_tick")]
     tick_interval: Millis,
+    #[serde(default)]
+    role: Role,
+    #[serde(default)]
+    dry_run: bool,
+    retries: Option<serde_json::Value>,
+    circuit_breaker: Option<serde_json::Value>,
+    bulkhead: Option<serde_json::Value>,
+    client_throttling: Option<serde_json::Value>,
+    admission: Option<serde_json::Value>,
+    emergency: Option<serde_json::Value>,
+    control: Option<serde_json::Value>,
 }
 
 #[derive(Deserialize)]
@@ -460,18 +472,41 @@ impl RawConfig {
                 Millis::from_secs(24 * 3600),
             )?,
         };
+        let status = Status {
+            enabled: self.status.enabled,
+            path: request_path("status.path", self.status.path)?,
+            loopback_only: self.status.loopback_only,
+        };
+        let control = emergency::parse_control(self.control)?;
+        if control.enabled
+            && (status.path.starts_with(&control.path_prefix)
+                || control.path_prefix.starts_with(&status.path))
+        {
+            return Err(ConfigError::new(
+                "control.pathPrefix",
+                format!(
+                    "must not overlap status.path {:?}: one request would match both",
+                    status.path
+                ),
+            ));
+        }
         Ok(Config {
+            role: self.role,
+            dry_run: self.dry_run,
+            retries: retries::parse(self.retries)?,
+            circuit_breaker: guard::parse_circuit_breaker(self.circuit_breaker)?,
+            bulkhead: guard::parse_bulkhead(self.bulkhead)?,
+            client_throttling: guard::parse_client_throttling(self.client_throttling)?,
+            admission: admission::parse(self.admission)?,
+            emergency: emergency::parse_emergency(self.emergency)?,
+            control,
             load_balancing: self.load_balancing.validate()?,
             outlier_detection: self.outlier_detection.validate()?,
             steering: Steering {
                 header: header_name("steering.header", self.steering.header)?,
             },
             endpoints,
-            status: Status {
-                enabled: self.status.enabled,
-                path: request_path("status.path", self.status.path)?,
-                loopback_only: self.status.loopback_only,
-            },
+            status,
             tick_interval: in_range(
                 "tickInterval",
                 self.tick_interval,

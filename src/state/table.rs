@@ -25,6 +25,7 @@
 
 use super::codec::{decode_list, encode_list, EndpointRecord, Entry, Member, MAX_NAME_LEN};
 use super::store::{SharedStore, StoreError, MAX_CAS_ATTEMPTS};
+use super::Automation;
 use crate::config::{Config, Millis};
 use crate::core::outcome::{Observation, Outcome};
 use crate::core::outlier::{self, Detector, Ejection, ProbeResult, Trip, Verdict};
@@ -216,11 +217,23 @@ enum Listing {
 pub struct EndpointTable<'a, S: SharedStore> {
     store: &'a S,
     config: &'a Config,
+    automation: Automation,
 }
 
 impl<'a, S: SharedStore> EndpointTable<'a, S> {
     pub fn new(store: &'a S, config: &'a Config) -> Self {
-        EndpointTable { store, config }
+        EndpointTable {
+            store,
+            config,
+            automation: Automation::default(),
+        }
+    }
+
+    /// Frozen: no new ejection (ejections in progress run their course, since returning an
+    /// endpoint is the safe direction). Dry-run: new ejections are reported, not enforced.
+    pub fn with_automation(mut self, automation: Automation) -> Self {
+        self.automation = automation;
+        self
     }
 
     /// P2C over the cluster's non-ejected members (all of them in panic). `None` when reflex
@@ -367,7 +380,11 @@ impl<'a, S: SharedStore> EndpointTable<'a, S> {
         if recorded != Recorded::Counted || attempt.observation.outcome == Outcome::Abandoned {
             return Ok((recorded, Vec::new()));
         }
-        let tripped = self.inline_detector(&updated, now);
+        let tripped = if self.automation.frozen {
+            None
+        } else {
+            self.inline_detector(&updated, now)
+        };
         let success = attempt.observation.outcome == Outcome::Success;
         let transitions = self.update_members(cluster, |members, out| {
             let Some(i) = members.iter().position(|m| m.address == served) else {
@@ -807,7 +824,7 @@ impl<'a, S: SharedStore> EndpointTable<'a, S> {
         let d = &self.config.outlier_detection.detectors;
         let window = self.config.load_balancing.error_window;
         let mut tripped: Vec<(String, Detector)> = Vec::new();
-        if let Some(sr) = &d.success_rate {
+        if let Some(sr) = d.success_rate.as_ref().filter(|_| !self.automation.frozen) {
             let rates: Vec<(f64, f64)> = alive
                 .iter()
                 .map(|(_, r)| {
@@ -849,7 +866,10 @@ impl<'a, S: SharedStore> EndpointTable<'a, S> {
         let od = &self.config.outlier_detection;
         // Enforced only where reflex steers (its records say so) and not in steering dry-run.
         let lb = &self.config.load_balancing;
-        let enforce = lb.enabled && !lb.dry_run && alive.iter().any(|(_, r)| r.steered);
+        let enforce = lb.enabled
+            && !lb.dry_run
+            && !self.automation.dry_run
+            && alive.iter().any(|(_, r)| r.steered);
         self.update_members(cluster, |members, out| {
             let mut changed = false;
             // Built afresh on every CAS attempt.
@@ -864,7 +884,10 @@ impl<'a, S: SharedStore> EndpointTable<'a, S> {
                 } else if !is_slow && streaking {
                     member.ejection.slow_since = Instant(0);
                     changed = true;
-                } else if is_slow && now.since(member.ejection.slow_since) >= sustain {
+                } else if is_slow
+                    && !self.automation.frozen
+                    && now.since(member.ejection.slow_since) >= sustain
+                {
                     tripped.push((member.address.clone(), Detector::Latency));
                 }
             }

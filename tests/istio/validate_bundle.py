@@ -23,8 +23,9 @@ on any failure.
    manifests; their content is checked by the reflex-specific checks below.
 2. Negative controls: broken copies of the manifests (unknown field, wrong enum, CEL rule
    violations, kind without CRD, wrong embedded config) must fail, proving the checks can fail.
-3. reflex-specific: the embedded filter configuration equals tests/fixtures/config/
-   istio-outbound.json (parsed JSON), filter settings (root_id, vm_id, runtime, FAIL_OPEN),
+3. reflex-specific: the embedded filter configurations equal tests/fixtures/config/
+   istio-outbound.json and istio-inbound.json (parsed JSON, by listener context), filter
+   settings (root_id, vm_id per side, runtime, FAIL_OPEN),
    the cluster patch equals the policy of envoy/outbound.yaml and only ever matches named
    services, the stats inclusion prefix matches reflex's internal metric names.
 4. Real Envoy: an Istio-like bootstrap (outbound listener with Istio's upstream-Envoy filters
@@ -37,12 +38,20 @@ on any failure.
    steering header (override_host wins over the lb_policy Istio keeps). Plus the two
    combinations Envoy rejects (README), deploy/compose/envoy.yaml in validate mode, and
    `docker-compose config -q`.
+5. Emergency manifests (istio/emergency/): schema as in 1; each embeds `role: switches`
+   instances with only the allowed fields, the vm_id and module of the base filter of the
+   same context, a plugin name unique across everything, a priority above the base bundle's;
+   each (and all of them together) is applied on top of the base bundle's listeners and
+   loaded by `envoy --mode validate`; kill-all is run in a real Envoy (503 with
+   x-reflex-killed on both sides); a switches config with a forbidden field is rejected by
+   reflex inside Envoy.
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import copy
 import json
 import os
@@ -55,6 +64,7 @@ import sys
 import tempfile
 import time
 import traceback
+import types
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -65,6 +75,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 ISTIO_DIR = ROOT / "istio"
 FIXTURE = ROOT / "tests" / "fixtures" / "config" / "istio-outbound.json"
+INBOUND_FIXTURE = ROOT / "tests" / "fixtures" / "config" / "istio-inbound.json"
 STANDALONE_FIXTURE = ROOT / "tests" / "fixtures" / "config" / "standalone-outbound.json"
 OUTBOUND_YAML = ROOT / "envoy" / "outbound.yaml"
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -75,6 +86,27 @@ WASMPLUGIN = ISTIO_DIR / "wasmplugin.yaml"
 WORKLOAD_PATCH = ISTIO_DIR / "workload-opt-in.patch.yaml"
 WORKLOAD_PATCH_WASMPLUGIN = ISTIO_DIR / "workload-opt-in-wasmplugin.patch.yaml"
 STATS_VALUES = ISTIO_DIR / "stats-inclusion.yaml"
+EMERGENCY_DIR = ISTIO_DIR / "emergency"
+
+# The base filter of each sidecar side: its vm_id and the fixture its configuration equals.
+SIDES = {"SIDECAR_OUTBOUND": ("reflex-outbound", FIXTURE),
+         "SIDECAR_INBOUND": ("reflex-inbound", INBOUND_FIXTURE)}
+BASE_PRIORITY = 10
+# Top-level fields of a "role": "switches" configuration (src/config/mod.rs SWITCHES_FIELDS).
+SWITCHES_FIELDS = {"version", "role", "emergency", "tickInterval"}
+# Switch sets one shared-data namespace holds (src/state/switchboard.rs MAX_PUSHERS).
+MAX_PUSHERS = 8
+SWITCHES_REJECTED = 'must not be set when role is "switches"'
+_KILL_REPLY = {"status": 503, "body": "killed by reflex emergency switch\n", "headers": {"x-reflex-killed": "1"}}
+# Every emergency manifest: the sides it patches and the emergency section it publishes.
+EMERGENCY = {
+    "kill-all.yaml": ({"SIDECAR_OUTBOUND", "SIDECAR_INBOUND"}, {"kill": [dict(scope={"all": True}, **_KILL_REPLY)]}),
+    "kill-service.yaml": ({"SIDECAR_OUTBOUND"}, {"kill": [dict(
+        scope={"cluster": "outbound|8080||destination.example.svc.cluster.local"}, **_KILL_REPLY)]}),
+    "shed-50.yaml": ({"SIDECAR_OUTBOUND", "SIDECAR_INBOUND"}, {"shed": {"sheddablePercent": 50, "defaultPercent": 0}}),
+    "freeze.yaml": ({"SIDECAR_OUTBOUND", "SIDECAR_INBOUND"}, {"freeze": True}),
+    "dry-run.yaml": ({"SIDECAR_OUTBOUND", "SIDECAR_INBOUND"}, {"dryRun": True}),
+}
 
 HCM = "envoy.filters.network.http_connection_manager"
 ROUTER = "envoy.filters.http.router"
@@ -743,7 +775,10 @@ class Ctx:
         self.wasm = str(Path(args.wasm).resolve())
         self.crds = load_crds(Path(args.crds))
         self.fixture = json.loads(FIXTURE.read_text())
+        self.fixtures = {side: json.loads(path.read_text()) for side, (_, path) in SIDES.items()}
         self.bundle = load_docs(BUNDLE)
+        # file name -> documents of every emergency manifest
+        self.emergency = {p.name: load_docs(p) for p in sorted(EMERGENCY_DIR.glob("*.yaml"))}
         self.wasmplugin = load_docs(WASMPLUGIN)
         self.tmp = Path(tempfile.mkdtemp(prefix="reflex-istio-"))
 
@@ -775,47 +810,72 @@ def negative(ctx: Ctx, base: dict, mutate, want: str):
     return errs[0][:100]
 
 
-def _reflex_wasm_patches(ctx):
-    return [(d, cp) for d, cp in config_patches(ctx.bundle, "HTTP_FILTER", "SIDECAR_OUTBOUND")
+def _reflex_wasm_patches(ctx, side: str = "SIDECAR_OUTBOUND", docs: list | None = None):
+    """The wasm HTTP_FILTER patches of `docs` (default: the base bundle) for one side."""
+    return [(d, cp) for d, cp in config_patches(ctx.bundle if docs is None else docs, "HTTP_FILTER", side)
             if cp["patch"]["value"].get("typed_config", {}).get("@type") == WASM_TYPE]
 
 
+def patch_config(cp: dict) -> dict:
+    """The parsed JSON configuration of a wasm HTTP_FILTER patch."""
+    cfg = cp["patch"]["value"]["typed_config"]["config"]["configuration"]
+    expect(cfg.get("@type") == "type.googleapis.com/google.protobuf.StringValue",
+           "configuration must be a google.protobuf.StringValue")
+    return json.loads(cfg["value"])
+
+
 def embedded_configs(ctx) -> list:
-    """(where, parsed JSON) of every reflex configuration in the bundle and the WasmPlugin."""
+    """(where, parsed JSON, fixture path) of every reflex configuration in the bundle (by side)
+    and the WasmPlugin (outbound)."""
     out = []
-    for d, cp in _reflex_wasm_patches(ctx):
-        cfg = cp["patch"]["value"]["typed_config"]["config"]["configuration"]
-        expect(cfg.get("@type") == "type.googleapis.com/google.protobuf.StringValue",
-               "configuration must be a google.protobuf.StringValue")
-        out.append((f"EnvoyFilter {d['metadata']['name']}", json.loads(cfg["value"])))
+    for side, (_, fixture) in SIDES.items():
+        for d, cp in _reflex_wasm_patches(ctx, side):
+            out.append((f"EnvoyFilter {d['metadata']['name']} {side}", patch_config(cp), fixture))
     for d in ctx.wasmplugin:
         if d.get("kind") == "WasmPlugin":
-            out.append((f"WasmPlugin {d['metadata']['name']}", d["spec"]["pluginConfig"]))
+            out.append((f"WasmPlugin {d['metadata']['name']}", d["spec"]["pluginConfig"], FIXTURE))
     return out
 
 
 def check_embedded_config(ctx: Ctx):
     found = embedded_configs(ctx)
-    expect(len(found) >= 2, f"expected the EnvoyFilter and the WasmPlugin configuration, found {len(found)}")
-    for where, cfg in found:
-        expect(cfg == ctx.fixture, f"{where}: configuration differs from {FIXTURE.relative_to(ROOT)}")
-    return ", ".join(w for w, _ in found)
+    expect(len(found) >= 3, f"expected the outbound and inbound EnvoyFilter and the WasmPlugin configuration, "
+                            f"found {len(found)}")
+    for where, cfg, fixture in found:
+        expect(cfg == json.loads(fixture.read_text()), f"{where}: configuration differs from {fixture.relative_to(ROOT)}")
+    return ", ".join(w for w, _, _ in found)
+
+
+def _check_wasm_patch(cp: dict, where: str) -> dict:
+    """Settings every reflex wasm patch shares (base filter or switches instance); returns its
+    Wasm plugin config."""
+    expect(cp["patch"]["operation"] == "INSERT_BEFORE", f"{where}: the filter must be inserted with INSERT_BEFORE")
+    f = cp["match"]["listener"]["filterChain"]["filter"]
+    expect(f["name"] == HCM and f["subFilter"]["name"] == ROUTER, f"{where}: must be inserted before the router of the HCM")
+    c = cp["patch"]["value"]["typed_config"]["config"]
+    expect(c.get("root_id") == "reflex", f"{where}: root_id must be reflex")
+    expect(c.get("failure_policy") == "FAIL_OPEN", f"{where}: failure_policy must be FAIL_OPEN")
+    vm = c.get("vm_config", {})
+    expect(vm.get("runtime") == "envoy.wasm.runtime.v8", f"{where}: runtime must be envoy.wasm.runtime.v8")
+    expect(vm.get("code", {}).get("local", {}).get("filename", "").startswith("/"), f"{where}: module path must be absolute")
+    return c
+
+
+def base_vm_configs(ctx) -> dict:
+    """side -> vm_config of the base bundle's reflex filter there."""
+    return {side: _reflex_wasm_patches(ctx, side)[0][1]["patch"]["value"]["typed_config"]["config"]["vm_config"]
+            for side in SIDES if _reflex_wasm_patches(ctx, side)}
 
 
 def check_filter_settings(ctx: Ctx):
-    patches = _reflex_wasm_patches(ctx)
-    expect(len(patches) == 1, f"expected one reflex HTTP_FILTER patch for SIDECAR_OUTBOUND, found {len(patches)}")
-    d, cp = patches[0]
-    expect(cp["patch"]["operation"] == "INSERT_BEFORE", "the filter must be inserted with INSERT_BEFORE")
-    f = cp["match"]["listener"]["filterChain"]["filter"]
-    expect(f["name"] == HCM and f["subFilter"]["name"] == ROUTER, "must be inserted before the router of the HCM")
-    c = cp["patch"]["value"]["typed_config"]["config"]
-    expect(c.get("root_id") == "reflex", "root_id must be reflex")
-    expect(c.get("failure_policy") == "FAIL_OPEN", "failure_policy must be FAIL_OPEN")
-    vm = c.get("vm_config", {})
-    expect(vm.get("vm_id") == "reflex-outbound", "vm_id must be reflex-outbound")
-    expect(vm.get("runtime") == "envoy.wasm.runtime.v8", "runtime must be envoy.wasm.runtime.v8")
-    expect(vm.get("code", {}).get("local", {}).get("filename", "").startswith("/"), "module path must be absolute")
+    for side, (vm_id, _) in SIDES.items():
+        patches = _reflex_wasm_patches(ctx, side)
+        expect(len(patches) == 1, f"expected one reflex HTTP_FILTER patch for {side}, found {len(patches)}")
+        c = _check_wasm_patch(patches[0][1], side)
+        expect(c["vm_config"].get("vm_id") == vm_id, f"{side}: vm_id must be {vm_id}")
+    vms = base_vm_configs(ctx)
+    expect(len({json.dumps(v["code"]) for v in vms.values()}) == 1, "outbound and inbound must load the same module")
+    vm = vms["SIDECAR_OUTBOUND"]
     wp = [x for x in ctx.wasmplugin if x.get("kind") == "WasmPlugin"]
     expect(len(wp) == 1, "expected one WasmPlugin")
     s = wp[0]["spec"]
@@ -880,7 +940,7 @@ def check_patch_keys(ctx: Ctx):
         elif isinstance(o, list):
             for i, v in enumerate(o):
                 walk(v, f"{path}[{i}]")
-    for d in ctx.bundle:
+    for d in ctx.bundle + [d for docs in ctx.emergency.values() for d in docs]:
         for i, cp in enumerate(d["spec"].get("configPatches", [])):
             walk(cp["patch"].get("value", {}), f"{d['metadata']['name']}.configPatches[{i}].value")
             # istiod's own EnvoyFilter validation: a value for every non-REMOVE operation, a typed
@@ -940,9 +1000,30 @@ def check_stats_prefixes(ctx: Ctx):
     return f"{len(metric_names)} reflex_* names in src/ match as {WASM_STAT_NAMESPACE}reflex_*"
 
 
-def build_istio_like_bootstrap(ctx: Ctx, ports: list, admin: int, lis: int, probe: int) -> tuple[dict, dict]:
-    """Bootstrap + facts about which clusters the bundle's patches changed."""
-    steering = config_patches(ctx.bundle, "CLUSTER", "SIDECAR_OUTBOUND")
+INBOUND_CLUSTER = "inbound|8080||"
+
+
+def inbound_app_cluster(port: int) -> dict:
+    """The inbound cluster to the local app. Istio builds it ORIGINAL_DST (the original
+    destination iptables recorded, bound to 127.0.0.6); without iptables that would loop back
+    to the listener, so here it is STATIC to the app's port."""
+    return {"name": INBOUND_CLUSTER, "type": "STATIC", "connect_timeout": "10s",
+            "circuit_breakers": istio_circuit_breakers(),
+            "load_assignment": {"cluster_name": INBOUND_CLUSTER, "endpoints": [{"lb_endpoints": [
+                {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}}}]}]}}
+
+
+def http_filter_names(listener: dict) -> list:
+    return [f["name"] for f in listener["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"]]
+
+
+def build_istio_like_bootstrap(ctx: Ctx, ports: list, admin: int, lis: int, probe: int, inb: int,
+                               extra_docs: list = ()) -> tuple[dict, dict]:
+    """Bootstrap + facts about which clusters the bundle's patches changed. The EnvoyFilters
+    of `extra_docs` (an emergency manifest) are applied together with the bundle's, in
+    istiod's priority order."""
+    docs = ctx.bundle + list(extra_docs)
+    steering = config_patches(docs, "CLUSTER", "SIDECAR_OUTBOUND")
     service = steering[0][1]["match"]["cluster"]["service"]
     main = f"outbound|8080||{service}"
     subset = f"outbound|8080|v1|{service}"
@@ -950,11 +1031,14 @@ def build_istio_like_bootstrap(ctx: Ctx, ports: list, admin: int, lis: int, prob
     clusters = [istio_eds_cluster(main, service, eds_file(ctx, main, ports)),
                 with_destination_rule(istio_eds_cluster(subset, service, eds_file(ctx, subset, ports))),
                 istio_eds_cluster(other, "other.default.svc.cluster.local", eds_file(ctx, other, ports)),
-                blackhole_cluster(), passthrough_cluster()]
+                blackhole_cluster(), passthrough_cluster(), inbound_app_cluster(ports[0])]
     patched = apply_cluster_patches(clusters, steering)
     listeners = [hcm_listener("0.0.0.0_8080", lis, [istio_route(subset, "/v1"), istio_route(main)],
                               "outbound_0.0.0.0_8080")]
-    inserted = apply_http_filter_patches(listeners, config_patches(ctx.bundle, "HTTP_FILTER", "SIDECAR_OUTBOUND"))
+    inbound = [hcm_listener("virtualInbound", inb, [istio_route(INBOUND_CLUSTER)], "inbound_0.0.0.0_8080")]
+    inserted = apply_http_filter_patches(listeners, config_patches(docs, "HTTP_FILTER", "SIDECAR_OUTBOUND"))
+    inserted_inbound = apply_http_filter_patches(inbound, config_patches(docs, "HTTP_FILTER", "SIDECAR_INBOUND"))
+    listeners += inbound
     # Added after the patches: a listener without reflex, to see the clusters' own balancing.
     listeners.append(hcm_listener("probe", probe, [istio_route(subset, "/v1"), istio_route(other, "/other"),
                                                    istio_route(main)], "probe"))
@@ -969,16 +1053,20 @@ def build_istio_like_bootstrap(ctx: Ctx, ports: list, admin: int, lis: int, prob
     }
     n = rewrite_wasm_filenames(boot, ctx.wasm)
     facts = {"main": main, "subset": subset, "other": other, "patched": patched, "inserted": inserted,
-             "rewritten": n, "listener": listeners[0]}
+             "inserted_inbound": inserted_inbound, "rewritten": n, "listener": listeners[0],
+             "inbound_listener": inbound[0]}
     return boot, facts
 
 
 def check_patch_application(ctx: Ctx):
-    boot, facts = build_istio_like_bootstrap(ctx, [1, 2, 3], 1, 2, 3)
+    boot, facts = build_istio_like_bootstrap(ctx, [1, 2, 3], 1, 2, 3, 4)
     expect(facts["patched"] == {facts["main"], facts["subset"]},
            f"the cluster patch must change exactly the service's clusters, changed {sorted(facts['patched'])}")
-    names = [f["name"] for f in facts["listener"]["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"]]
+    names = http_filter_names(facts["listener"])
     expect(facts["inserted"] == 1 and names[-2:] == ["reflex", ROUTER], f"reflex must sit right before the router: {names}")
+    inbound = http_filter_names(facts["inbound_listener"])
+    expect(facts["inserted_inbound"] == 1 and inbound[-2:] == ["reflex", ROUTER],
+           f"inbound: reflex must sit right before the router: {inbound}")
     cl = {c["name"]: c for c in boot["static_resources"]["clusters"]}
     expect(cl[facts["main"]]["lb_policy"] == "LEAST_REQUEST" and "load_balancing_policy" in cl[facts["main"]],
            "the merge keeps Istio's lb_policy and adds load_balancing_policy")
@@ -986,23 +1074,34 @@ def check_patch_application(ctx: Ctx):
            "the merge keeps the DestinationRule settings")
     expect("load_balancing_policy" not in cl["PassthroughCluster"] and "load_balancing_policy" not in cl["BlackHoleCluster"]
            and "load_balancing_policy" not in cl[facts["other"]], "unselected clusters must stay untouched")
-    return f"filters: {' > '.join(names)}"
+    return f"filters: {' > '.join(names)}; inbound: {' > '.join(inbound)}"
 
 
-def check_envoy_validate_bundle(ctx: Ctx):
-    boot, facts = build_istio_like_bootstrap(ctx, [18001, 18002, 18003], free_port(), free_port(), free_port())
-    expect(facts["rewritten"] == 1, f"expected one wasm module path to rewrite, found {facts['rewritten']}")
-    path = ctx.tmp / "istio-validate.json"
+def check_envoy_validate_bundle(ctx: Ctx, extra_docs: list = (), label: str = "istio-validate"):
+    """The Istio-like sidecar with the bundle (and `extra_docs`, an emergency manifest) applied,
+    through `envoy --mode validate`, which also configures every reflex plugin in the module."""
+    boot, facts = build_istio_like_bootstrap(ctx, [18001, 18002, 18003], free_port(), free_port(), free_port(),
+                                             free_port(), extra_docs)
+    want = len(_reflex_wasm_patches(ctx, "SIDECAR_OUTBOUND", ctx.bundle + list(extra_docs))) + \
+        len(_reflex_wasm_patches(ctx, "SIDECAR_INBOUND", ctx.bundle + list(extra_docs)))
+    expect(facts["rewritten"] == want == facts["inserted"] + facts["inserted_inbound"],
+           f"expected {want} wasm module paths to rewrite, found {facts['rewritten']}")
+    path = ctx.tmp / f"{label}.json"
     path.write_text(json.dumps(boot, indent=1))
     rc, out = envoy_validate(ctx.envoy, path)
     expect(rc == 0, f"envoy --mode validate failed: {out.strip()[-800:]}")
-    return "OK"
+    return (f"OK, outbound {' > '.join(http_filter_names(facts['listener'])[-4:])}; "
+            f"inbound {' > '.join(http_filter_names(facts['inbound_listener'])[-4:])}")
 
 
-def check_envoy_runtime(ctx: Ctx):
+@contextlib.contextmanager
+def running_sidecar(ctx: Ctx, extra_docs: list = (), label: str = "istio-run"):
+    """Three upstreams and a running Envoy with the Istio-like sidecar (bundle + `extra_docs`
+    applied); yields a namespace with ports, admin, lis (outbound), probe, inb (inbound), log.
+    Stops everything it started."""
     procs = []
     envoy = None
-    log_path = ctx.tmp / "envoy.log"
+    log_path = ctx.tmp / f"{label}.log"
     try:
         ports = [free_port() for _ in range(3)]
         for i, p in enumerate(ports):
@@ -1010,9 +1109,9 @@ def check_envoy_runtime(ctx: Ctx):
                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         for p in ports:
             wait_for(lambda p=p: http_get(f"http://127.0.0.1:{p}/", timeout=1)[0] == 200, 10, f"upstream on {p}")
-        admin, lis, probe = free_port(), free_port(), free_port()
-        boot, facts = build_istio_like_bootstrap(ctx, ports, admin, lis, probe)
-        cfg = ctx.tmp / "istio-run.json"
+        admin, lis, probe, inb = free_port(), free_port(), free_port(), free_port()
+        boot, facts = build_istio_like_bootstrap(ctx, ports, admin, lis, probe, inb, extra_docs)
+        cfg = ctx.tmp / f"{label}.json"
         cfg.write_text(json.dumps(boot, indent=1))
         with open(log_path, "w") as log:
             envoy = subprocess.Popen([ctx.envoy, "-c", str(cfg), "--concurrency", "2", "--disable-hot-restart",
@@ -1020,6 +1119,17 @@ def check_envoy_runtime(ctx: Ctx):
         wait_for(lambda: envoy.poll() is not None or http_get(f"http://127.0.0.1:{admin}/ready", timeout=1)[0] == 200,
                  20, "Envoy /ready")
         expect(envoy.poll() is None, f"Envoy exited: {log_path.read_text()[-1500:]}")
+        yield types.SimpleNamespace(ports=ports, admin=admin, lis=lis, probe=probe, inb=inb, log=log_path,
+                                    facts=facts)
+    finally:
+        stop(envoy)
+        for p in procs:
+            stop(p)
+
+
+def check_envoy_runtime(ctx: Ctx):
+    with running_sidecar(ctx) as sc:
+        ports, admin, lis, probe, log_path = sc.ports, sc.admin, sc.lis, sc.probe, sc.log
         # EDS from the file arrives right after start: wait until the endpoints are known.
         wait_for(lambda: http_get(f"http://127.0.0.1:{lis}/")[0] == 200, 10, "first request through reflex")
 
@@ -1051,16 +1161,18 @@ def check_envoy_runtime(ctx: Ctx):
         m = re.search(r"^reflex_requests_total(?:\{[^}]*\})? (\d+)", prom, re.M)
         expect(m, "reflex_requests_total is not exported")
         expect(int(m.group(1)) > 0, "reflex_requests_total stayed 0")
+        # 4. The inbound side: requests this pod serves pass the inbound reflex (admission in
+        #    dry-run) to the app.
+        inbound = collections.Counter(http_get(f"http://127.0.0.1:{sc.inb}/")[0] for _ in range(10))
+        expect(inbound == {200: 10}, f"inbound through reflex: {dict(inbound)}")
         log = log_path.read_text()
-        expect("reflex configuration accepted" in log, "Envoy's log lacks 'reflex configuration accepted'")
+        for vm_id, _ in SIDES.values():
+            expect(re.search(rf"wasm log reflex {vm_id}: reflex configuration accepted", log),
+                   f"Envoy's log lacks 'reflex configuration accepted' from {vm_id}")
         bad = [l for l in log.splitlines() if "[critical]" in l or ("wasm" in l and "[error]" in l)]
         expect(not bad, f"errors in Envoy's log: {bad[:3]}")
         return (f"15/15 ok via reflex ({dict(seen)}); header -> u1 12/12 on both merged clusters; "
-                f"fallback {dict(fallback)}; unpatched {dict(control)}; reflex_requests_total {m.group(1)}")
-    finally:
-        stop(envoy)
-        for p in procs:
-            stop(p)
+                f"fallback {dict(fallback)}; unpatched {dict(control)}; reflex_requests_total {m.group(1)}; inbound 10/10 ok")
 
 
 def _rejected(ctx: Ctx, cluster: dict, want: str):

@@ -537,6 +537,32 @@ pub fn steered_cluster() -> Value {
     })
 }
 
+/// Route settings (merged into [`ProxyConfig::route`]) as in `envoy/outbound.yaml`: reflex
+/// sets the retry count, conditions and per-try timeout per request through headers; the
+/// route supplies the jittered back-off, waiting out Retry-After, and the previous-hosts
+/// predicate.
+pub fn retry_route() -> Value {
+    json!({
+        "timeout": "15s",
+        "retry_policy": {
+            "num_retries": 0,
+            "retry_back_off": {"base_interval": "0.025s", "max_interval": "0.25s"},
+            "rate_limited_retry_back_off": {
+                "reset_headers": [
+                    {"name": "retry-after", "format": "SECONDS"},
+                    {"name": "x-ratelimit-reset", "format": "UNIX_TIMESTAMP"}
+                ],
+                "max_interval": "10s"
+            },
+            "retry_host_predicate": [{
+                "name": "envoy.retry_host_predicates.previous_hosts",
+                "typed_config": {"@type": "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"}
+            }],
+            "host_selection_retry_max_attempts": 5
+        }
+    })
+}
+
 /// A minimal static proxy config: one HTTP listener (`ingress`) → `http_filters` → router →
 /// one round-robin cluster (`upstream`) of `endpoints`. Rendered as JSON, which Envoy accepts
 /// as YAML, so callers add filters and overrides as `serde_json::Value`s without fighting YAML

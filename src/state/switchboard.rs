@@ -1,0 +1,196 @@
+//! Emergency switches every worker reads on every request (one shared-data get): those set
+//! through the local control endpoint, and those pushed by `switches` instances (the Istio
+//! emergency manifests), each under its own name with a lease it renews every tick. A pushed
+//! set whose instance is gone lapses when its lease ends, so deleting a manifest is the undo.
+
+use super::codec::{DecodeError, Reader, Writer};
+use super::record::{load, update, Record, RecordError};
+use super::store::SharedStore;
+use crate::control::{apply, Change, ControlError, ControlRequest};
+use crate::core::emergency::{merge, Switches};
+use crate::core::time::Instant;
+
+pub const KEY: &str = "reflex.v2.switches";
+/// At most this many `switches` instances publish at once (extra ones are ignored).
+pub const MAX_PUSHERS: usize = 8;
+
+/// Switches published by one `switches` instance.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Pushed {
+    pub name: String,
+    pub switches: Switches,
+    /// The lease: after this the set no longer applies.
+    pub until: Instant,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SwitchBoard {
+    /// Set through the control endpoint of this pod.
+    pub local: Switches,
+    pub pushed: Vec<Pushed>,
+}
+
+impl Record for SwitchBoard {
+    fn write(&self, w: &mut Writer) {
+        self.local.write(w);
+        w.u8(self.pushed.len().min(MAX_PUSHERS) as u8);
+        for p in self.pushed.iter().take(MAX_PUSHERS) {
+            w.str(&p.name);
+            p.switches.write(w);
+            w.u64(p.until.0);
+        }
+    }
+    fn read(r: &mut Reader) -> Result<Self, DecodeError> {
+        let local = Switches::read(r)?;
+        let count = usize::from(r.u8()?);
+        if count > MAX_PUSHERS {
+            return Err(DecodeError::TooLong);
+        }
+        let pushed = (0..count)
+            .map(|_| {
+                Ok(Pushed {
+                    name: r.str()?,
+                    switches: Switches::read(r)?,
+                    until: Instant(r.u64()?),
+                })
+            })
+            .collect::<Result<_, DecodeError>>()?;
+        Ok(SwitchBoard { local, pushed })
+    }
+}
+
+impl SwitchBoard {
+    /// The pushed sets whose lease still runs, merged.
+    pub fn pushed_at(&self, now: Instant) -> Switches {
+        self.pushed
+            .iter()
+            .filter(|p| p.until > now)
+            .fold(Switches::default(), |acc, p| merge(&acc, &p.switches, now))
+    }
+
+    /// What applies now: the filter's own config, the pushed sets and the local switches.
+    pub fn effective(&self, own: &Switches, now: Instant) -> Switches {
+        merge(&merge(own, &self.pushed_at(now), now), &self.local, now)
+    }
+}
+
+pub fn read(store: &dyn SharedStore) -> Result<SwitchBoard, RecordError> {
+    load(store, KEY)
+}
+
+/// Publishes (or renews) the set of instance `name` until `until`. Returns whether the set
+/// is new or changed (to log it once, not every tick).
+pub fn push(
+    store: &dyn SharedStore,
+    name: &str,
+    switches: &Switches,
+    until: Instant,
+    now: Instant,
+) -> Result<bool, RecordError> {
+    update(store, KEY, |board: &mut SwitchBoard| {
+        board.pushed.retain(|p| p.until > now || p.name == name);
+        let room = board.pushed.len() < MAX_PUSHERS;
+        let changed = match board.pushed.iter_mut().find(|p| p.name == name) {
+            Some(p) => {
+                let changed = p.switches != *switches || p.until <= now;
+                p.switches = switches.clone();
+                p.until = until;
+                changed
+            }
+            None if room => {
+                board.pushed.push(Pushed {
+                    name: name.to_string(),
+                    switches: switches.clone(),
+                    until,
+                });
+                true
+            }
+            None => false,
+        };
+        (changed, true)
+    })
+}
+
+/// Applies a control-endpoint action to the local switches.
+pub fn control(
+    store: &dyn SharedStore,
+    request: &ControlRequest,
+    set_by: &str,
+    now: Instant,
+) -> Result<Result<Change, ControlError>, RecordError> {
+    update(store, KEY, |board: &mut SwitchBoard| {
+        let mut local = board.local.clone();
+        match apply(&mut local, request, set_by, now) {
+            Ok(change) => {
+                let changed = change.changed;
+                board.local = local;
+                (Ok(change), changed)
+            }
+            Err(err) => (Err(err), false),
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #[cfg(target_arch = "wasm32")]
+    use wasm_bindgen_test::wasm_bindgen_test as test;
+
+    use super::*;
+    use crate::control::parse_request;
+    use crate::state::store::memory::MemoryStore;
+
+    fn freeze() -> Switches {
+        let mut s = Switches::default();
+        let request = parse_request("POST", "/freeze", b"{}").unwrap();
+        apply(&mut s, &request, "config", Instant(0)).unwrap();
+        s
+    }
+
+    #[test]
+    fn pushed_switches_apply_until_their_lease_ends() {
+        let store = MemoryStore::default();
+        assert!(push(&store, "freeze", &freeze(), Instant(2_000), Instant(1_000)).unwrap());
+        assert!(!push(&store, "freeze", &freeze(), Instant(3_000), Instant(1_500)).unwrap());
+        let board = read(&store).unwrap();
+        assert!(board
+            .effective(&Switches::default(), Instant(2_500))
+            .frozen(Instant(2_500)));
+        assert!(!board
+            .effective(&Switches::default(), Instant(3_001))
+            .frozen(Instant(3_001)));
+    }
+
+    #[test]
+    fn control_changes_local_switches_and_normal_clears_them() {
+        let store = MemoryStore::default();
+        let kill = parse_request("POST", "/kill", br#"{"scope": {"all": true}}"#).unwrap();
+        let change = control(&store, &kill, "control 127.0.0.1:1", Instant(5))
+            .unwrap()
+            .unwrap();
+        assert!(change.changed);
+        assert_eq!(read(&store).unwrap().local.kill.len(), 1);
+        let normal = parse_request("POST", "/normal", b"").unwrap();
+        control(&store, &normal, "control 127.0.0.1:1", Instant(6))
+            .unwrap()
+            .unwrap();
+        assert!(read(&store).unwrap().local.kill.is_empty());
+    }
+
+    #[test]
+    fn board_round_trips_and_bounds_pushers() {
+        let board = SwitchBoard {
+            local: freeze(),
+            pushed: vec![Pushed {
+                name: "a".into(),
+                switches: freeze(),
+                until: Instant(9),
+            }],
+        };
+        assert_eq!(SwitchBoard::decode(&board.encode()).unwrap(), board);
+        let mut w = Writer::new();
+        Switches::default().write(&mut w);
+        w.u8(200);
+        assert_eq!(SwitchBoard::decode(&w.finish()), Err(DecodeError::TooLong));
+    }
+}
