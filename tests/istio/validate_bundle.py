@@ -1077,9 +1077,10 @@ def check_patch_application(ctx: Ctx):
     return f"filters: {' > '.join(names)}; inbound: {' > '.join(inbound)}"
 
 
-def check_envoy_validate_bundle(ctx: Ctx, extra_docs: list = (), label: str = "istio-validate"):
-    """The Istio-like sidecar with the bundle (and `extra_docs`, an emergency manifest) applied,
-    through `envoy --mode validate`, which also configures every reflex plugin in the module."""
+def validate_sidecar(ctx: Ctx, extra_docs: list = (), label: str = "istio-validate"):
+    """The Istio-like sidecar with the bundle (and `extra_docs`, emergency manifests) applied,
+    through `envoy --mode validate`, which also configures every reflex plugin in the module.
+    Returns (rc, output, facts)."""
     boot, facts = build_istio_like_bootstrap(ctx, [18001, 18002, 18003], free_port(), free_port(), free_port(),
                                              free_port(), extra_docs)
     want = len(_reflex_wasm_patches(ctx, "SIDECAR_OUTBOUND", ctx.bundle + list(extra_docs))) + \
@@ -1089,6 +1090,11 @@ def check_envoy_validate_bundle(ctx: Ctx, extra_docs: list = (), label: str = "i
     path = ctx.tmp / f"{label}.json"
     path.write_text(json.dumps(boot, indent=1))
     rc, out = envoy_validate(ctx.envoy, path)
+    return rc, out, facts
+
+
+def check_envoy_validate_bundle(ctx: Ctx, extra_docs: list = (), label: str = "istio-validate"):
+    rc, out, facts = validate_sidecar(ctx, extra_docs, label)
     expect(rc == 0, f"envoy --mode validate failed: {out.strip()[-800:]}")
     return (f"OK, outbound {' > '.join(http_filter_names(facts['listener'])[-4:])}; "
             f"inbound {' > '.join(http_filter_names(facts['inbound_listener'])[-4:])}")
@@ -1173,6 +1179,125 @@ def check_envoy_runtime(ctx: Ctx):
         expect(not bad, f"errors in Envoy's log: {bad[:3]}")
         return (f"15/15 ok via reflex ({dict(seen)}); header -> u1 12/12 on both merged clusters; "
                 f"fallback {dict(fallback)}; unpatched {dict(control)}; reflex_requests_total {m.group(1)}; inbound 10/10 ok")
+
+
+# --------------------------------------------------------------------------------------------
+# Emergency manifests (istio/emergency/)
+# --------------------------------------------------------------------------------------------
+
+def emergency_wasm_patches(ctx, docs: list) -> list:
+    """(side, doc, patch) of every reflex wasm HTTP_FILTER patch in `docs`."""
+    return [(side, d, cp) for side in SIDES for d, cp in _reflex_wasm_patches(ctx, side, docs)]
+
+
+def check_emergency_files(ctx: Ctx):
+    have = set(ctx.emergency)
+    expect(have == set(EMERGENCY), f"istio/emergency/ must hold exactly {sorted(EMERGENCY)}, holds {sorted(have)}")
+    stray = [p.name for p in EMERGENCY_DIR.iterdir() if p.suffix not in (".yaml",)]
+    expect(not stray, f"unexpected files in istio/emergency/ (kubectl apply -f on the folder reads them): {stray}")
+    # Every instance at once (an operator may apply several): names unique, within MAX_PUSHERS.
+    base = [(s, cp) for s in SIDES for _, cp in _reflex_wasm_patches(ctx, s)]
+    every = base + [(s, cp) for docs in ctx.emergency.values() for s, _, cp in emergency_wasm_patches(ctx, docs)]
+    names = [cp["patch"]["value"]["typed_config"]["config"]["name"] for _, cp in every]
+    dup = sorted({n for n in names if names.count(n) > 1} - {"reflex"})
+    expect(not dup, f"plugin names must be unique (switch sets are keyed by them): {dup}")
+    expect(names.count("reflex") == len(SIDES), "only the base filters may be named reflex")
+    meta = [d["metadata"]["name"] for docs in ctx.emergency.values() for d in docs]
+    expect(len(meta) == len(set(meta)), f"metadata.name must be unique: {meta}")
+    per_side = collections.Counter(s for s, cp in every if cp not in [b for _, b in base])
+    expect(all(n <= MAX_PUSHERS for n in per_side.values()),
+           f"more switches instances per side than reflex reads ({MAX_PUSHERS}): {dict(per_side)}")
+    return f"{sorted(have)}; instances per side {dict(per_side)}"
+
+
+def check_emergency_manifest(ctx: Ctx, fname: str, docs: list, text: str | None = None):
+    sides, section = EMERGENCY[fname]
+    text = (EMERGENCY_DIR / fname).read_text() if text is None else text
+    expect(text.startswith("# "), "must start with a comment (what it does, apply/delete, timing)")
+    head = text.split("\napiVersion:")[0]
+    for verb in ("apply", "delete"):
+        expect(f"kubectl {verb} -f istio/emergency/{fname}" in head, f"the comment lacks `kubectl {verb} -f istio/emergency/{fname}`")
+    expect(len(docs) == 1 and docs[0].get("kind") == "EnvoyFilter", "must be one EnvoyFilter")
+    d = docs[0]
+    base = [b for b in ctx.bundle if b.get("kind") == "EnvoyFilter"]
+    expect(d["metadata"].get("namespace") == base[0]["metadata"]["namespace"], "namespace must be the base bundle's")
+    expect(d["metadata"]["name"].startswith("reflex-emergency-"), "metadata.name must start with reflex-emergency-")
+    expect(d["metadata"].get("labels", {}).get("reflex.io/component") == "emergency",
+           "label reflex.io/component: emergency (kubectl delete -l selects all of them)")
+    expect(d["spec"].get("workloadSelector") == base[0]["spec"]["workloadSelector"], "must select the base bundle's pods")
+    top = max(b["spec"].get("priority", 0) for b in base)
+    expect(d["spec"].get("priority", 0) > top, f"priority must be above the base bundle's {top}")
+    patches = emergency_wasm_patches(ctx, docs)
+    expect(len(patches) == len(d["spec"]["configPatches"]), "every patch must be a reflex wasm HTTP_FILTER")
+    got = [s for s, _, _ in patches]
+    expect(sorted(got) == sorted(sides), f"must patch {sorted(sides)} once each, patches {got}")
+    vms = base_vm_configs(ctx)
+    for side, _, cp in patches:
+        c = _check_wasm_patch(cp, side)
+        name = cp["patch"]["value"]["name"]
+        expect(name.startswith("reflex-emergency-") and c.get("name", "").startswith("reflex-emergency-"),
+               f"{side}: filter and plugin name must start with reflex-emergency-")
+        expect(c["vm_config"] == vms[side], f"{side}: vm_config must equal the base filter's (vm_id "
+               f"{vms[side]['vm_id']}, same module), or the switches never reach it")
+        cfg = patch_config(cp)
+        expect(cfg.get("role") == "switches", f"{side}: role must be switches")
+        extra = sorted(set(cfg) - SWITCHES_FIELDS)
+        expect(not extra, f"{side}: only {sorted(SWITCHES_FIELDS)} are allowed with role switches, found {extra}")
+        expect(cfg.get("version") == 1, f"{side}: version must be 1")
+        expect(cfg.get("emergency") == section, f"{side}: emergency section {cfg.get('emergency')} != {section}")
+    return f"{', '.join(sorted(sides))}: {json.dumps(section)[:70]}"
+
+
+def negative_emergency(ctx: Ctx, fname: str, mutate, want: str):
+    docs = copy.deepcopy(ctx.emergency[fname])
+    mutate(docs[0])
+    try:
+        check_emergency_manifest(ctx, fname, docs)
+    except CheckFailed as e:
+        expect(want in str(e), f"failed for another reason: {e}")
+        return str(e)[:100]
+    raise CheckFailed("the broken emergency manifest passed")
+
+
+def _set_switches_config(doc: dict, **fields):
+    cfg = doc["spec"]["configPatches"][0]["patch"]["value"]["typed_config"]["config"]["configuration"]
+    cfg["value"] = json.dumps(dict(json.loads(cfg["value"]), **fields))
+
+
+def check_envoy_validate_emergency(ctx: Ctx, fnames: list):
+    """The manifests applied on top of the bundle: each switches instance sits after reflex,
+    right before the router, and Envoy (with reflex configuring every instance) accepts it."""
+    docs = [d for n in fnames for d in ctx.emergency[n]]
+    _, facts = build_istio_like_bootstrap(ctx, [1, 2, 3], 1, 2, 3, 4, docs)
+    for lis in (facts["listener"], facts["inbound_listener"]):
+        names = http_filter_names(lis)
+        i = names.index("reflex")
+        expect(all(n.startswith("reflex-emergency-") for n in names[i + 1:-1]) and names[-1] == ROUTER,
+               f"{lis['name']}: switches instances must follow reflex, right before the router: {names}")
+    label = "emergency-" + ("all" if len(fnames) > 1 else fnames[0].removesuffix(".yaml"))
+    return check_envoy_validate_bundle(ctx, docs, label)
+
+
+def check_envoy_rejects_forbidden_switches_field(ctx: Ctx):
+    docs = copy.deepcopy(ctx.emergency["kill-all.yaml"])
+    _set_switches_config(docs[0], status={"enabled": False})
+    rc, out, _ = validate_sidecar(ctx, docs, "emergency-forbidden-field")
+    expect(rc != 0, "Envoy accepted a switches instance that sets status")
+    expect(SWITCHES_REJECTED in out, f"rejected for another reason (a module without the switches role?): "
+                                     f"{out.strip()[-400:]}")
+    return f"rejected: {SWITCHES_REJECTED}"
+
+
+def check_envoy_runtime_kill_all(ctx: Ctx):
+    """kill-all in a running Envoy: the switches instances reach both reflex filters."""
+    body = EMERGENCY["kill-all.yaml"][1]["kill"][0]["body"]
+    with running_sidecar(ctx, ctx.emergency["kill-all.yaml"], "istio-kill-all") as sc:
+        for side, port in (("outbound", sc.lis), ("inbound", sc.inb)):
+            wait_for(lambda port=port: http_get(f"http://127.0.0.1:{port}/") == (503, body), 10,
+                     f"{side}: 503 '{body.strip()}' from kill-all")
+        got = collections.Counter(http_get(f"http://127.0.0.1:{p}/")[0] for p in (sc.lis, sc.inb) for _ in range(5))
+        expect(got == {503: 10}, f"every request must be killed: {dict(got)}")
+    return "outbound and inbound: 503 killed by reflex emergency switch"
 
 
 def _rejected(ctx: Ctx, cluster: dict, want: str):
@@ -1321,7 +1446,7 @@ def main() -> int:
             raise CheckFailed("a changed embedded configuration was not detected")
         run_check("negative: a changed embedded configuration is detected", broken_config)
         # 3. reflex-specific content
-        run_check("embedded configuration == tests/fixtures/config/istio-outbound.json", check_embedded_config, ctx)
+        run_check("embedded configurations == tests/fixtures/config/istio-{outbound,inbound}.json", check_embedded_config, ctx)
         run_check("filter settings (root_id, vm_id, v8, FAIL_OPEN, before router; WasmPlugin)", check_filter_settings, ctx)
         run_check("opt-in selection and priority", check_selection_and_priority, ctx)
         run_check("cluster patch: named services only, policy of envoy/outbound.yaml", check_cluster_patch, ctx)
@@ -1337,6 +1462,27 @@ def main() -> int:
         run_check("Envoy rejects the cluster patch on ORIGINAL_DST (PassthroughCluster)", check_reject_original_dst, ctx)
         run_check("deploy/compose/envoy.yaml: same shape as envoy/outbound.yaml, envoy --mode validate", check_compose_envoy, ctx)
         run_check("docker-compose config -q", check_compose_config, ctx)
+        # 5. emergency manifests (their schema: step 1)
+        run_check("istio/emergency/: the expected manifests, unique plugin names", check_emergency_files, ctx)
+        for fname, docs in ctx.emergency.items():
+            if fname in EMERGENCY:
+                run_check(f"istio/emergency/{fname}: switches instances (role, fields, vm_id, priority)",
+                          check_emergency_manifest, ctx, fname, docs)
+        run_check("negative: a forbidden field in a switches config is detected", negative_emergency, ctx,
+                  "kill-all.yaml", lambda d: _set_switches_config(d, status={"enabled": False}), "only")
+        run_check("negative: an emergency vm_id other than the base filter's is detected", negative_emergency, ctx,
+                  "kill-all.yaml", lambda d: d["spec"]["configPatches"][0]["patch"]["value"]["typed_config"]["config"]
+                  ["vm_config"].__setitem__("vm_id", "reflex-emergency"), "vm_config must equal")
+        run_check("negative: an emergency priority not above the base is detected", negative_emergency, ctx,
+                  "kill-all.yaml", lambda d: d["spec"].__setitem__("priority", 10), "priority must be above")
+        for fname in sorted(ctx.emergency):
+            run_check(f"envoy --mode validate: bundle + istio/emergency/{fname}",
+                      check_envoy_validate_emergency, ctx, [fname])
+        run_check("envoy --mode validate: bundle + every emergency manifest at once",
+                  check_envoy_validate_emergency, ctx, sorted(ctx.emergency))
+        run_check("Envoy rejects a switches config with a forbidden field (reflex's message)",
+                  check_envoy_rejects_forbidden_switches_field, ctx)
+        run_check("Envoy running bundle + kill-all: outbound and inbound requests killed", check_envoy_runtime_kill_all, ctx)
     finally:
         if args.keep:
             print(f"kept {ctx.tmp}")

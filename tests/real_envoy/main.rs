@@ -6,6 +6,7 @@
 mod config_rejection;
 mod endpoint_intelligence;
 mod observability;
+mod retries;
 mod shared_state;
 mod shipped_configs;
 mod steering;

@@ -141,14 +141,20 @@ fn post_is_never_retried_unless_its_route_allows_it() {
     let send = |client: &mut Client, method: &str, path: &str| {
         client.request(method, path, &[], b"{}").unwrap().status
     };
-    // Round robin alternates, so half of the first attempts land on the failing endpoint.
+    // Round robin puts some first attempts on the failing endpoint.
     let posts: Vec<u16> = (0..20).map(|_| send(&mut client, "POST", "/orders")).collect();
     assert_eq!(attempts(&ups), 20, "a POST was retried");
-    assert_eq!(posts.iter().filter(|s| **s == 503).count(), 10);
+    let failed = posts.iter().filter(|s| **s == 503).count() as u64;
+    assert!(failed > 0 && failed == ups[0].stats().requests, "{posts:?}");
     reset(&ups);
     let gets: Vec<u16> = (0..20).map(|_| send(&mut client, "GET", "/orders")).collect();
     assert!(gets.iter().all(|s| *s == 200), "{gets:?}");
-    assert_eq!(attempts(&ups), 30, "each failed GET retried once");
+    assert!(ups[0].stats().requests > 0);
+    assert_eq!(
+        attempts(&ups),
+        20 + ups[0].stats().requests,
+        "each failed GET retried once, on the other endpoint"
+    );
     reset(&ups);
     let allowed: Vec<u16> = (0..20)
         .map(|_| send(&mut client, "POST", "/orders/idempotent/1"))
@@ -176,7 +182,7 @@ fn retry_after_is_waited_out_before_the_retry() {
             retried.push(t.elapsed());
         }
     }
-    assert_eq!(retried.len(), 2, "round robin sends every other request to the 503 first");
+    assert!(!retried.is_empty(), "round robin sends some requests to the 503 first");
     for latency in retried {
         assert!(
             latency >= Duration::from_millis(950),
@@ -240,9 +246,14 @@ fn breaker_opens_fails_fast_probes_and_closes() {
     assert_eq!(breaker["state"], "open", "{doc}");
     assert!(breaker["since"].is_string(), "{doc}");
     assert!(breaker["reason"].as_str().unwrap_or_default().contains("error rate"), "{doc}");
-    let prom = envoy.prometheus().unwrap();
-    assert_eq!(prometheus_value(&prom, "reflex_breakers_open"), Some(1));
+    // The gauge is refreshed by the housekeeping tick (1 s).
+    let open = eventually(Duration::from_secs(3), || {
+        let prom = envoy.prometheus().ok()?;
+        (prometheus_value(&prom, "reflex_breakers_open") == Some(1)).then_some(prom)
+    });
+    let prom = open.expect("reflex_breakers_open never reached 1");
     assert!(prometheus_value(&prom, "reflex_breaker_rejected_total").unwrap() >= 18);
+    assert_eq!(prometheus_value(&prom, "reflex_breaker_opened_total"), Some(1));
 
     // Recovery: after the sleep window, probes go through and close it.
     ups.iter().for_each(|u| u.set_behaviour(Behaviour::ok()));

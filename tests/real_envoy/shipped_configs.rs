@@ -95,7 +95,7 @@ fn every_fixture_is_a_valid_configuration() {
         }
     }
     assert!(
-        count >= 3,
+        count >= 4,
         "expected the shipped fixtures in {}",
         dir.display()
     );
