@@ -52,8 +52,10 @@ pub struct ReflexHttp {
     /// The cluster is marked for steering and steering enforces: ejections take effect.
     enforce: bool,
     automation: Automation,
-    /// Counted in flight by the admission limiter (must be finished once).
+    /// Counted in flight by the admission limiter (must be finished once), and whether it
+    /// met no queue (a no-load measurement).
     admitted: bool,
+    quiet: bool,
     /// The destination's guard key, its name, and what its guards gave this request.
     guard: Option<(String, String, Start)>,
     control: Option<PendingControl>,
@@ -81,6 +83,7 @@ impl ReflexHttp {
             enforce: false,
             automation: Automation::default(),
             admitted: false,
+            quiet: false,
             guard: None,
             control: None,
             started_us: 0,
@@ -322,6 +325,7 @@ impl ReflexHttp {
         Metrics::set(metrics.admission_limit, u64::from(decision.limit));
         Metrics::set(metrics.admission_in_flight, u64::from(decision.in_flight));
         self.admitted = decision.counted;
+        self.quiet = decision.quiet;
         let class = Metrics::class(priority);
         if decision.would_shed.is_some() {
             Metrics::add(metrics.admission_dry_run_shed, 1);
@@ -696,6 +700,7 @@ impl HttpContext for ReflexHttp {
                 &config.admission,
                 now,
                 sample,
+                self.quiet,
                 self.automation.frozen,
             ) {
                 Ok(Some(change)) if change.changed() => {

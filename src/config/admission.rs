@@ -6,7 +6,7 @@
 //! "admission": {
 //!   "enabled": true, "dryRun": false, "controller": "gradient",
 //!   "initialLimit": 20, "minLimit": 4, "maxLimit": 1000, "maxConcurrency": 500,
-//!   "window": "500ms", "smoothing": 0.2, "tolerance": 1.5, "noLoadWindows": 60,
+//!   "window": "250ms", "smoothing": 0.2, "tolerance": 1.0, "headroom": 0.5, "noLoadWindows": 60,
 //!   "aimd": {"backoff": 0.9, "target": "200ms"},
 //!   "priority": {"header": "x-reflex-priority", "defaultShare": 0.9, "sheddableShare": 0.75,
 //!                "routes": [{"pathPrefix": "/healthz", "priority": "critical"}]},
@@ -110,6 +110,7 @@ struct RawAdmission {
     window: Millis,
     smoothing: f64,
     tolerance: f64,
+    headroom: f64,
     no_load_windows: u64,
     aimd: RawAimd,
     priority: RawPriority,
@@ -127,9 +128,10 @@ impl Default for RawAdmission {
             initial_limit: 20,
             min_limit: 4,
             max_limit: 1000,
-            window: Millis(500),
+            window: Millis(250),
             smoothing: 0.2,
-            tolerance: 1.5,
+            tolerance: 1.0,
+            headroom: 0.5,
             // 30 s at the default window: long enough that a minute of overload cannot make
             // queued latency the new normal, short enough to follow a slower deploy.
             no_load_windows: 60,
@@ -162,6 +164,7 @@ impl Default for RawAimd {
 #[serde(deny_unknown_fields, rename_all = "camelCase", default)]
 struct RawPriority {
     header: String,
+    critical_share: f64,
     default_share: f64,
     sheddable_share: f64,
     routes: Vec<RawRoute>,
@@ -171,6 +174,7 @@ impl Default for RawPriority {
     fn default() -> Self {
         RawPriority {
             header: "x-reflex-priority".into(),
+            critical_share: 2.0,
             default_share: 0.9,
             sheddable_share: 0.75,
             routes: Vec::new(),
@@ -315,6 +319,7 @@ impl RawAdmission {
             )?,
             smoothing: above(&format!("{p}.smoothing"), self.smoothing, 0.0, 1.0)?,
             tolerance: in_range(&format!("{p}.tolerance"), self.tolerance, 1.0, 10.0)?,
+            headroom: in_range(&format!("{p}.headroom"), self.headroom, 0.0, 4.0)?,
             no_load_windows: in_range(
                 &format!("{p}.noLoadWindows"),
                 self.no_load_windows,
@@ -339,6 +344,7 @@ impl RawAdmission {
 impl RawPriority {
     fn validate(self, p: &str) -> Result<PriorityRules, ConfigError> {
         let header = header_name(&format!("{p}.header"), self.header)?;
+        let critical = in_range(&format!("{p}.criticalShare"), self.critical_share, 1.0, 4.0)?;
         let default = above(&format!("{p}.defaultShare"), self.default_share, 0.0, 1.0)?;
         let sheddable = above(
             &format!("{p}.sheddableShare"),
@@ -380,7 +386,11 @@ impl RawPriority {
             .collect::<Result<Vec<_>, ConfigError>>()?;
         Ok(PriorityRules {
             header,
-            shares: PriorityShares { default, sheddable },
+            shares: PriorityShares {
+                critical,
+                default,
+                sheddable,
+            },
             routes,
         })
     }
@@ -466,8 +476,8 @@ mod tests {
             ),
             (20, 4, 1000)
         );
-        assert_eq!(a.limiter.window, Millis(500));
-        assert_eq!((a.limiter.smoothing, a.limiter.tolerance), (0.2, 1.5));
+        assert_eq!(a.limiter.window, Millis(250));
+        assert_eq!((a.limiter.smoothing, a.limiter.tolerance), (0.2, 1.0));
         assert_eq!(a.limiter.no_load_windows, 60);
         assert_eq!((a.limiter.aimd_backoff, a.limiter.aimd_target), (0.9, None));
         assert_eq!(a.limiter.hard_max, None);
@@ -514,12 +524,14 @@ mod tests {
                 aimd_backoff: 0.5,
                 aimd_target: Some(Millis(250)),
                 hard_max: Some(300),
+                headroom: 0.5,
             }
         );
         assert_eq!(a.priority.header, "x-prio");
         assert_eq!(
             a.priority.shares,
             PriorityShares {
+                critical: 2.0,
                 default: 1.0,
                 sheddable: 0.5
             }

@@ -38,12 +38,31 @@ pub struct ConfigError {
 }
 
 impl ConfigError {
+    /// Control characters are escaped and an empty path is shown as `""`: the message
+    /// repeats names from the document, and an operator's (or attacker's) line break must
+    /// not split or forge lines in Envoy's log.
     fn new(path: &str, rule: impl Into<String>) -> Self {
+        let path = if path.is_empty() { "\"\"" } else { path };
         ConfigError {
-            path: path.to_string(),
-            rule: rule.into(),
+            path: escape_controls(path),
+            rule: escape_controls(&rule.into()),
         }
     }
+}
+
+fn escape_controls(text: &str) -> String {
+    if !text.chars().any(char::is_control) {
+        return text.to_string();
+    }
+    text.chars()
+        .flat_map(|c| {
+            if c.is_control() {
+                c.escape_default().collect::<Vec<_>>()
+            } else {
+                vec![c]
+            }
+        })
+        .collect()
 }
 
 impl fmt::Display for ConfigError {
@@ -452,6 +471,15 @@ mod tests {
         assert_eq!(e.path, "outlierDetection.maxEjectionTime");
         let e = err(r#"{"version": 1, "loadBalancing": {"exploreRatio": 0.9}}"#);
         assert_eq!(e.path, "loadBalancing.exploreRatio");
+    }
+
+    #[test]
+    fn names_from_the_document_cannot_split_the_log_line() {
+        let e = err("{\"version\": 1, \"a\\nb\": 1}");
+        assert!(!e.to_string().contains('\n'), "{e}");
+        assert!(e.path.contains("\\n"), "{e}");
+        let e = err(r#"{"version": 1, "": 1}"#);
+        assert_eq!(e.path, "\"\"");
     }
 
     #[test]

@@ -14,8 +14,9 @@
 //! compare-and-swap on every request start ([`ConcurrencyLimiter::try_admit`]) and
 //! completion ([`ConcurrencyLimiter::complete`]), so each operation is a few comparisons and
 //! the encoding is small: the limit, the in-flight count, the current sample window (count,
-//! latency sum, minimum latency, largest in-flight count seen, sheds) and a ring of at most
-//! [`MAX_NO_LOAD_WINDOWS`] per-window minimum latencies (whole microseconds, 4 bytes each).
+//! latency sum, minimum latency, largest in-flight count seen, sheds, quiet samples) and a
+//! ring of at most [`MAX_NO_LOAD_WINDOWS`] no-load measurements (whole microseconds, 4 bytes
+//! each).
 //!
 //! **Windows.** Latency samples are collected for `window`; the first completion after the
 //! window's end closes it (lazily: there is no timer) and starts the next one at that moment,
@@ -31,14 +32,18 @@
 //!
 //! ```text
 //! gradient = clamp(tolerance x no_load / sample, 0.5, 1.0)
-//! new      = limit x gradient + sqrt(limit)          (queue allowance, as Envoy's headroom)
-//! limit    = (1 - smoothing) x limit + smoothing x new,  clamped to [min_limit, max_limit]
+//! new      = limit x gradient + headroom x sqrt(limit)   (queue allowance; Envoy: headroom 1)
+//! limit    = (1 - s) x limit + s x new,  clamped to [min_limit, max_limit]
+//!            s = smoothing when rising, max(smoothing, 0.5) when falling
 //! ```
 //!
-//! While latency stays within `tolerance x no_load` the limit grows by `smoothing x
+//! While latency stays within `tolerance x no_load` the limit grows by `smoothing x headroom x
 //! sqrt(limit)` per window; when queueing raises latency the gradient pulls it down by at most
-//! half per window (before smoothing). It settles where `limit x (1 - gradient) = sqrt(limit)`,
-//! i.e. about `sqrt(limit)` requests of queue. As in `Gradient2Limit`, the limit does not grow
+//! half per window (before smoothing). It settles where `limit x (1 - gradient) = headroom x
+//! sqrt(limit)`, i.e. about `headroom x sqrt(limit)` requests of queue. The default headroom
+//! (0.5) keeps that queue short enough that admitted requests stay within about 1.5x of the
+//! no-load latency (the p99 target is 2x) while the limit can still find a bigger service in
+//! seconds. As in `Gradient2Limit`, the limit does not grow
 //! while the service is *application-limited* (fewer than `limit / 2` in flight during the
 //! window): otherwise a quiet hour would walk it up to `max_limit` and the next burst would be
 //! let in whole before the first window could react.
@@ -51,15 +56,19 @@
 //!
 //! **No-load latency without rejecting traffic.** Envoy's adaptive concurrency measures the
 //! no-load latency by pinning the limit low for a while, which rejects traffic at a steady
-//! rate, by design. Here the estimate is the *minimum of the per-window minimum latencies over
-//! the last `no_load_windows` windows*. This works because the limiter keeps the queue short:
-//! with only about `sqrt(limit)` requests queued at worst, the fastest requests of a window of
-//! dozens arrive when a worker is free and see no queue, so each window's minimum is an
-//! unloaded latency. Taking the minimum over many windows removes windows where even the
-//! fastest request waited; bounding it to the last `no_load_windows` windows lets it follow a
-//! service that becomes permanently slower (a new version, a bigger payload) or faster (a warm
-//! cache) instead of comparing against a latency that no longer exists. Only windows that were
-//! evaluated count, so an idle gap does not erase what was learnt. Latencies below
+//! rate, by design. Here it is measured passively on the requests that meet no queue: those
+//! admitted while fewer than half the limit were in flight ([`ConcurrencyLimiter::is_quiet`];
+//! the limit settles above the service's parallelism, so half of it is below, and a FIFO
+//! server starts such a request at once). Each window with [`QUIET_MIN_SAMPLES`] quiet
+//! requests contributes their *mean* latency, and the estimate is the minimum over the last
+//! `no_load_windows` such windows: the mean, because it is compared with the window's mean
+//! (like with like: a service with a wide latency spread is not mistaken for a queueing one,
+//! as a minimum would be); the minimum over windows, to drop windows that were quiet by the
+//! count but not by the service; the bound, so the estimate follows a service that becomes
+//! permanently slower (a new version) or faster (a warm cache). A window without quiet
+//! requests (sustained overload: every request queues) measures nothing and the estimate
+//! holds, since learning from queued requests would ratchet the limit up. Before the first
+//! quiet window the window's fastest request stands in. Latencies below
 //! [`LATENCY_FLOOR_MS`] are treated as that floor: with millisecond timers a 0 ms minimum would
 //! make every window look infinitely slow (and sub-millisecond queueing is harmless anyway).
 //!
@@ -89,6 +98,10 @@ pub const STALE_WINDOWS: u64 = 16;
 pub const LEAK_WINDOWS: u64 = 32;
 /// Lower bound of the leak timeout, whatever the window.
 pub const LEAK_MIN: Millis = Millis(30_000);
+/// Gradient: the smoothing applied at least when the limit falls.
+pub const DECREASE_SMOOTHING: f64 = 0.5;
+/// Quiet samples a window needs to measure the no-load latency.
+pub const QUIET_MIN_SAMPLES: u32 = 3;
 /// Latencies are taken as at least this (millisecond timers report 0 for fast requests).
 pub const LATENCY_FLOOR_MS: f64 = 1.0;
 
@@ -121,6 +134,8 @@ pub struct LimiterPolicy {
     pub aimd_target: Option<Millis>,
     /// A static ceiling the limit never exceeds, whatever the other bounds say.
     pub hard_max: Option<u32>,
+    /// Gradient: the queue allowance, in units of `sqrt(limit)`.
+    pub headroom: f64,
 }
 
 impl Default for LimiterPolicy {
@@ -130,13 +145,14 @@ impl Default for LimiterPolicy {
             initial_limit: 20,
             min_limit: 4,
             max_limit: 1000,
-            window: Millis(500),
+            window: Millis(250),
             smoothing: 0.2,
-            tolerance: 1.5,
+            tolerance: 1.0,
             no_load_windows: 60,
             aimd_backoff: 0.9,
             aimd_target: None,
             hard_max: None,
+            headroom: 0.5,
         }
     }
 }
@@ -191,6 +207,10 @@ pub struct Window {
     pub max_in_flight: u32,
     /// Requests refused during the window.
     pub shed: u32,
+    /// Samples of requests admitted while fewer than half the limit were in flight (they
+    /// met no queue), and their latency sum: the no-load measurement.
+    pub quiet_samples: u32,
+    pub quiet_sum_ms: f64,
 }
 
 /// What a closed window did to the limit (returned for every evaluated window; `from` and
@@ -223,8 +243,9 @@ pub struct ConcurrencyLimiter {
     window: Window,
     /// Mean latency of the last evaluated window (0 = none yet), for the status document.
     last_sample_ms: f64,
-    /// Minimum latency of each of the last evaluated windows, oldest first, in microseconds.
-    min_latencies_us: Vec<u32>,
+    /// No-load latency measured in each of the last windows that could measure it, oldest
+    /// first, in microseconds.
+    no_load_us: Vec<u32>,
 }
 
 impl ConcurrencyLimiter {
@@ -252,12 +273,13 @@ impl ConcurrencyLimiter {
 
     /// Admits one request if fewer than `ceil(limit x share)` are in flight, counting it in
     /// flight; otherwise counts a shed. `share` is the request's class share
-    /// (`PriorityShares::share`). Every admitted request must later be passed to
+    /// (`PriorityShares::share`, above 1 for critical). Every admitted request must later be passed to
     /// [`complete`](Self::complete) or [`release_without_sample`](Self::release_without_sample)
     /// exactly once.
     pub fn try_admit(&mut self, now: Instant, share: f64, policy: &LimiterPolicy) -> bool {
         self.start_if_needed(now, policy);
-        let share = factor(share, 0.0, 1.0, 1.0);
+        // Up to 4: critical traffic may overdraw the limit (see `PriorityShares`).
+        let share = factor(share, 0.0, 4.0, 1.0);
         let allowed = (policy.clamp(self.limit) * share).ceil() as u32;
         if self.in_flight >= allowed && self.in_flight > 0 {
             let leak_after = (policy.window_ms().saturating_mul(LEAK_WINDOWS)).max(LEAK_MIN.0);
@@ -291,6 +313,7 @@ impl ConcurrencyLimiter {
         &mut self,
         now: Instant,
         latency_ms: f64,
+        quiet: bool,
         policy: &LimiterPolicy,
         frozen: bool,
     ) -> Option<LimitChange> {
@@ -307,8 +330,19 @@ impl ConcurrencyLimiter {
             };
             w.samples = w.samples.saturating_add(1);
             w.latency_sum_ms += latency_ms;
+            if quiet {
+                w.quiet_samples = w.quiet_samples.saturating_add(1);
+                w.quiet_sum_ms += latency_ms;
+            }
         }
         change
+    }
+
+    /// Whether a request admitted now meets no queue: fewer than half the limit are in
+    /// flight (the limit settles above the service's parallelism, so half of it is below).
+    /// Its latency is then a no-load measurement (pass it to [`complete`](Self::complete)).
+    pub fn is_quiet(&self, policy: &LimiterPolicy) -> bool {
+        f64::from(self.in_flight) < (policy.clamp(self.limit) / 2.0).max(1.0)
     }
 
     /// An admitted request ended without a usable latency (reset, cancelled, answered
@@ -349,13 +383,26 @@ impl ConcurrencyLimiter {
     fn evaluate(&mut self, closed: &Window, policy: &LimiterPolicy) -> LimitChange {
         let samples = f64::from(closed.samples.max(1));
         let sample = (closed.latency_sum_ms / samples).max(LATENCY_FLOOR_MS);
-        let min_us = (closed.min_latency_ms.max(0.0) * 1000.0).round();
-        self.min_latencies_us
-            .push(min_us.min(f64::from(u32::MAX)) as u32);
+        // The no-load latency: the mean of the window's quiet requests (compared with the
+        // window's mean, like with like, so latency variance does not bias the gradient). A
+        // busy window measures nothing and the estimate holds: under sustained overload every
+        // request queues, and learning from them would ratchet the limit up. Before the first
+        // quiet window, the window's fastest request stands in.
+        let measured = if closed.quiet_samples >= QUIET_MIN_SAMPLES {
+            Some(closed.quiet_sum_ms / f64::from(closed.quiet_samples))
+        } else if self.no_load_us.is_empty() {
+            Some(closed.min_latency_ms)
+        } else {
+            None
+        };
+        if let Some(ms) = measured {
+            let us = (ms.max(0.0) * 1000.0).round();
+            self.no_load_us.push(us.min(f64::from(u32::MAX)) as u32);
+        }
         let keep = policy.ring_len();
-        if self.min_latencies_us.len() > keep {
-            let excess = self.min_latencies_us.len() - keep;
-            self.min_latencies_us.drain(..excess);
+        if self.no_load_us.len() > keep {
+            let excess = self.no_load_us.len() - keep;
+            self.no_load_us.drain(..excess);
         }
         let no_load = self.no_load_ms().unwrap_or(sample).max(LATENCY_FLOOR_MS);
         let tolerance = factor(policy.tolerance, 1.0, 100.0, 1.5);
@@ -364,8 +411,16 @@ impl ConcurrencyLimiter {
         let next = match policy.controller {
             Controller::Gradient => {
                 let gradient = (tolerance * no_load / sample).clamp(0.5, 1.0);
-                let new = from * gradient + from.sqrt();
+                let headroom = factor(policy.headroom, 0.0, 4.0, 0.5);
+                let new = from * gradient + headroom * from.sqrt();
+                // A queue costs every admitted request latency now, so the limit falls at
+                // least half-way to the new value in one window and rises smoothly.
                 let smoothing = factor(policy.smoothing, 0.0, 1.0, 0.2);
+                let smoothing = if new < from {
+                    smoothing.max(DECREASE_SMOOTHING)
+                } else {
+                    smoothing
+                };
                 let next = (1.0 - smoothing) * from + smoothing * new;
                 if next > from && !busy {
                     from
@@ -417,7 +472,7 @@ impl ConcurrencyLimiter {
 
     /// The current no-load latency estimate, `None` before the first evaluated window.
     pub fn no_load_ms(&self) -> Option<f64> {
-        self.min_latencies_us
+        self.no_load_us
             .iter()
             .min()
             .map(|&us| f64::from(us) / 1000.0)
@@ -447,8 +502,10 @@ impl ConcurrencyLimiter {
         w.f64(self.window.min_latency_ms);
         w.u32(self.window.max_in_flight);
         w.u32(self.window.shed);
+        w.u32(self.window.quiet_samples);
+        w.f64(self.window.quiet_sum_ms);
         w.f64(self.last_sample_ms);
-        let ring = &self.min_latencies_us[..self.min_latencies_us.len().min(MAX_NO_LOAD_WINDOWS)];
+        let ring = &self.no_load_us[..self.no_load_us.len().min(MAX_NO_LOAD_WINDOWS)];
         w.u8(ring.len() as u8);
         for &us in ring {
             w.u32(us);
@@ -466,10 +523,13 @@ impl ConcurrencyLimiter {
             min_latency_ms: r.f64()?,
             max_in_flight: r.u32()?,
             shed: r.u32()?,
+            quiet_samples: r.u32()?,
+            quiet_sum_ms: r.f64()?,
         };
         let last_sample_ms = r.f64()?;
         if limit < 0.0
             || window.latency_sum_ms < 0.0
+            || window.quiet_sum_ms < 0.0
             || window.min_latency_ms < 0.0
             || last_sample_ms < 0.0
         {
@@ -479,7 +539,7 @@ impl ConcurrencyLimiter {
         if len > MAX_NO_LOAD_WINDOWS {
             return Err(DecodeError::TooLong);
         }
-        let min_latencies_us = (0..len).map(|_| r.u32()).collect::<Result<_, _>>()?;
+        let no_load_us = (0..len).map(|_| r.u32()).collect::<Result<_, _>>()?;
         Ok(ConcurrencyLimiter {
             limit,
             in_flight,
@@ -487,7 +547,7 @@ impl ConcurrencyLimiter {
             window_start,
             window,
             last_sample_ms,
-            min_latencies_us,
+            no_load_us,
         })
     }
 }
@@ -514,6 +574,7 @@ mod tests {
             aimd_backoff: 0.9,
             aimd_target: None,
             hard_max: None,
+            headroom: 1.0,
         }
     }
 
@@ -537,7 +598,7 @@ mod tests {
             if l.in_flight() == 0 {
                 assert!(l.try_admit(now, 1.0, p));
             }
-            changes.extend(l.complete(now, latency, p, false));
+            changes.extend(l.complete(now, latency, true, p, false));
         }
         while l.in_flight() > 0 {
             l.release_without_sample();
@@ -594,14 +655,14 @@ mod tests {
         let mut l = ConcurrencyLimiter::new(&p, Instant(T0));
         l.release_without_sample();
         assert_eq!(l.in_flight(), 0);
-        assert!(l.complete(Instant(T0), 5.0, &p, false).is_none());
+        assert!(l.complete(Instant(T0), 5.0, true, &p, false).is_none());
         assert_eq!(l.in_flight(), 0);
         assert_eq!(l.window().samples, 1);
         // A release leaves the samples alone; garbage latencies are not samples.
         assert!(l.try_admit(Instant(T0), 1.0, &p));
         l.release_without_sample();
-        l.complete(Instant(T0), f64::NAN, &p, false);
-        l.complete(Instant(T0), -1.0, &p, false);
+        l.complete(Instant(T0), f64::NAN, true, &p, false);
+        l.complete(Instant(T0), -1.0, true, &p, false);
         assert_eq!(l.window().samples, 1);
     }
 
@@ -618,7 +679,8 @@ mod tests {
         assert_eq!((c[0].no_load_ms, c[0].sample_ms), (10.0, 10.0));
         // Latency doubled: gradient 1.5 x 10 / 20 = 0.75.
         let c = run_window(&mut l, &p, 2, 20.0, 20, 200);
-        let expected = 0.8 * 102.0 + 0.2 * (102.0 * 0.75 + 102f64.sqrt());
+        // Falling: smoothed by 0.5, not 0.2.
+        let expected = 0.5 * 102.0 + 0.5 * (102.0 * 0.75 + 102f64.sqrt());
         assert!((c[0].to - expected).abs() < 1e-9, "{:?}", c[0]);
         assert_eq!((c[0].no_load_ms, c[0].sample_ms), (10.0, 20.0));
         // It keeps falling every window (towards L = 16, where 0.25 L = sqrt L).
@@ -629,7 +691,7 @@ mod tests {
             assert_eq!(c[0].no_load_ms, 10.0);
         }
         assert!(
-            (l.limit_exact() - 78.294).abs() < 0.01,
+            (l.limit_exact() - 54.415).abs() < 0.01,
             "{}",
             l.limit_exact()
         );
@@ -784,17 +846,61 @@ mod tests {
         run_window(&mut l, &p, 7, 8.0, 20, 200);
         let c = run_window(&mut l, &p, 8, 30.0, 20, 200);
         assert_eq!(c[0].no_load_ms, 8.0);
-        // The fastest request of a window, not its mean, is what counts.
+        // The mean of the window's quiet requests is what counts, not its fastest request.
         let mut l = ConcurrencyLimiter::new(&p, Instant(T0));
         for i in 0..10 {
             assert!(l.try_admit(Instant(T0 + i), 1.0, &p));
-            l.complete(Instant(T0 + i), if i == 3 { 4.5 } else { 50.0 }, &p, false);
+            l.complete(
+                Instant(T0 + i),
+                if i == 3 { 4.5 } else { 50.0 },
+                true,
+                &p,
+                false,
+            );
         }
         assert!(l.try_admit(Instant(T0 + 600), 1.0, &p));
-        let c = l.complete(Instant(T0 + 600), 50.0, &p, false).unwrap();
-        assert_eq!(c.no_load_ms, 4.5);
+        let c = l
+            .complete(Instant(T0 + 600), 50.0, true, &p, false)
+            .unwrap();
+        assert!((c.no_load_ms - 45.45).abs() < 1e-9, "{c:?}");
         assert!((c.sample_ms - (9.0 * 50.0 + 4.5) / 10.0).abs() < 1e-9);
         assert_eq!(l.last_sample_ms(), Some(c.sample_ms));
+    }
+
+    #[test]
+    fn busy_windows_leave_the_no_load_estimate_alone() {
+        let p = policy(Controller::Gradient);
+        let mut l = ConcurrencyLimiter::new(&p, Instant(T0));
+        run_window(&mut l, &p, 0, 10.0, 20, 200);
+        run_window(&mut l, &p, 1, 10.0, 20, 200);
+        assert_eq!(l.no_load_ms(), Some(10.0));
+        // Sustained overload: every request queued (none quiet), for far longer than the
+        // look-back. The estimate holds instead of learning the queueing latency.
+        for k in 0..30u64 {
+            let start = T0 + 1_000 + k * 600;
+            for i in 0..10 {
+                l.try_admit(Instant(start + i), 1.0, &p);
+                l.complete(Instant(start + i), 40.0, false, &p, false);
+            }
+        }
+        assert_eq!(l.no_load_ms(), Some(10.0));
+        assert!(!ConcurrencyLimiter::new(&p, Instant(T0))
+            .no_load_ms()
+            .is_some());
+    }
+
+    #[test]
+    fn a_request_is_quiet_below_half_the_limit() {
+        let mut p = policy(Controller::Gradient);
+        p.initial_limit = 10;
+        let mut l = ConcurrencyLimiter::new(&p, Instant(T0));
+        for _ in 0..4 {
+            assert!(l.is_quiet(&p));
+            l.try_admit(Instant(T0), 1.0, &p);
+        }
+        assert!(l.is_quiet(&p), "4 in flight of 10");
+        l.try_admit(Instant(T0), 1.0, &p);
+        assert!(!l.is_quiet(&p), "5 in flight of 10");
     }
 
     #[test]
@@ -815,17 +921,17 @@ mod tests {
         run_window(&mut l, &p, 0, 10.0, 20, 200);
         run_window(&mut l, &p, 1, 10.0, 20, 200);
         let held = l.limit_exact();
-        let ring = l.min_latencies_us.clone();
+        let ring = l.no_load_us.clone();
         for k in 2..10 {
             let start = T0 + k * 500 + 1;
             for i in 0..20 {
                 let now = Instant(start + i);
                 l.try_admit(now, 1.0, &p);
-                assert_eq!(l.complete(now, 500.0, &p, true), None);
+                assert_eq!(l.complete(now, 500.0, true, &p, true), None);
             }
         }
         assert_eq!(l.limit_exact(), held);
-        assert_eq!(l.min_latencies_us, ring);
+        assert_eq!(l.no_load_us, ring);
         // Windows still rolled: unfreezing starts from fresh samples, not the frozen ones.
         assert_eq!(l.window().samples, 20);
         let c = run_window(&mut l, &p, 10, 10.0, 20, 200);
@@ -844,25 +950,30 @@ mod tests {
         // Four samples by the window's end: not enough, the window is extended...
         for i in 0..4 {
             l.try_admit(Instant(T0 + i * 200), 1.0, &p);
-            assert_eq!(l.complete(Instant(T0 + i * 200), 10.0, &p, false), None);
+            assert_eq!(
+                l.complete(Instant(T0 + i * 200), 10.0, true, &p, false),
+                None
+            );
         }
         l.try_admit(Instant(T0 + 900), 1.0, &p);
-        assert_eq!(l.complete(Instant(T0 + 900), 10.0, &p, false), None);
+        assert_eq!(l.complete(Instant(T0 + 900), 10.0, true, &p, false), None);
         assert_eq!(l.window().samples, 5);
         assert_eq!(l.window_start(), Instant(T0));
         // ...and the next completion closes it with all five.
         l.try_admit(Instant(T0 + 1_000), 1.0, &p);
-        let c = l.complete(Instant(T0 + 1_000), 10.0, &p, false).unwrap();
+        let c = l
+            .complete(Instant(T0 + 1_000), 10.0, true, &p, false)
+            .unwrap();
         assert_eq!(c.sample_ms, 10.0);
         assert_eq!(l.window_start(), Instant(T0 + 1_000));
         // A window with too few samples older than 16 windows is dropped, not evaluated.
         for i in 1..4 {
-            l.complete(Instant(T0 + 1_000 + i), 10.0, &p, false);
+            l.complete(Instant(T0 + 1_000 + i), 10.0, true, &p, false);
         }
         assert_eq!(l.window().samples, 4);
         let before = l.limit_exact();
         assert_eq!(
-            l.complete(Instant(T0 + 1_000 + 8_000), 99.0, &p, false),
+            l.complete(Instant(T0 + 1_000 + 8_000), 99.0, true, &p, false),
             None
         );
         assert_eq!(l.window().samples, 1);
@@ -878,12 +989,12 @@ mod tests {
         // An hour later: the ready window is evaluated once, a new one starts then.
         let later = T0 + 3_600_000;
         l.try_admit(Instant(later), 1.0, &p);
-        let c = l.complete(Instant(later), 10.0, &p, false).unwrap();
+        let c = l.complete(Instant(later), 10.0, true, &p, false).unwrap();
         assert_eq!(c.to, 101.0);
         assert_eq!(l.window_start(), Instant(later));
         assert_eq!(l.window().samples, 1);
         l.try_admit(Instant(later + 1), 1.0, &p);
-        assert_eq!(l.complete(Instant(later + 1), 10.0, &p, false), None);
+        assert_eq!(l.complete(Instant(later + 1), 10.0, true, &p, false), None);
         // The no-load history survived the gap.
         assert_eq!(l.no_load_ms(), Some(10.0));
     }
@@ -893,10 +1004,12 @@ mod tests {
         let p = policy(Controller::Aimd);
         let mut l = ConcurrencyLimiter::new(&p, Instant(T0 + 10_000));
         for i in 0..10 {
-            l.complete(Instant(T0 + i), 10.0, &p, false);
+            l.complete(Instant(T0 + i), 10.0, true, &p, false);
         }
         assert_eq!(l.window_start(), Instant(T0));
-        assert!(l.complete(Instant(T0 + 500), 10.0, &p, false).is_some());
+        assert!(l
+            .complete(Instant(T0 + 500), 10.0, true, &p, false)
+            .is_some());
     }
 
     #[test]
@@ -918,7 +1031,7 @@ mod tests {
         for _ in 0..3 {
             assert!(l.try_admit(Instant(T0 + 30_000), 1.0, &p));
         }
-        l.complete(Instant(T0 + 50_000), 10.0, &p, false);
+        l.complete(Instant(T0 + 50_000), 10.0, true, &p, false);
         assert!(l.try_admit(Instant(T0 + 50_000), 1.0, &p));
         assert!(!l.try_admit(Instant(T0 + 79_999), 1.0, &p));
     }
@@ -936,9 +1049,9 @@ mod tests {
         let bytes = w.finish();
         let decoded = ConcurrencyLimiter::read(&mut Reader::new(&bytes).unwrap()).unwrap();
         assert_eq!(decoded, l);
-        assert_eq!(l.min_latencies_us.len(), 10);
-        // Compact: 66 bytes plus 4 per remembered window (at most 322).
-        assert_eq!(bytes.len(), 1 + 64 + 1 + 4 * 10);
+        assert_eq!(l.no_load_us.len(), 10);
+        // Compact: 78 bytes plus 4 per remembered window (at most 334).
+        assert_eq!(bytes.len(), 1 + 76 + 1 + 4 * 10);
         for n in 0..bytes.len() {
             if let Ok(mut r) = Reader::new(&bytes[..n]) {
                 assert!(ConcurrencyLimiter::read(&mut r).is_err(), "prefix {n}");
@@ -946,7 +1059,7 @@ mod tests {
         }
         // A ring length above the cap is refused before anything is read from it.
         let mut bad = bytes.clone();
-        let ring_at = 1 + 8 + 4 + 8 + 8 + 4 + 8 + 8 + 4 + 4 + 8;
+        let ring_at = 1 + 8 + 4 + 8 + 8 + 4 + 8 + 8 + 4 + 4 + 4 + 8 + 8;
         bad[ring_at] = 65;
         assert_eq!(
             ConcurrencyLimiter::read(&mut Reader::new(&bad).unwrap()),
@@ -976,12 +1089,12 @@ mod tests {
         for k in 0..12 {
             run_window(&mut l, &p, k, 20.0 - k as f64, 20, 200);
         }
-        assert_eq!(l.min_latencies_us.len(), 10);
+        assert_eq!(l.no_load_us.len(), 10);
         let small = LimiterPolicy {
             no_load_windows: 2,
             ..p
         };
         run_window(&mut l, &small, 12, 50.0, 20, 200);
-        assert_eq!(l.min_latencies_us, vec![10_000, 9_000]);
+        assert_eq!(l.no_load_us, vec![10_000, 9_000]);
     }
 }

@@ -59,9 +59,14 @@ impl Priority {
     }
 }
 
-/// The share of the concurrency limit each class may use (critical always 1).
+/// The share of the concurrency limit each class may use. Lower classes stop short of the
+/// limit so that the slots above them stay free for more important traffic; critical may
+/// overdraw it (share above 1): the limit keeps latency low for the bulk of the traffic,
+/// and critical traffic, a small part of it by definition, is still admitted while the
+/// service has any capacity, instead of competing for the last slot with its own bursts.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct PriorityShares {
+    pub critical: f64,
     pub default: f64,
     pub sheddable: f64,
 }
@@ -69,6 +74,7 @@ pub struct PriorityShares {
 impl Default for PriorityShares {
     fn default() -> Self {
         PriorityShares {
+            critical: 2.0,
             default: 0.9,
             sheddable: 0.75,
         }
@@ -76,8 +82,9 @@ impl Default for PriorityShares {
 }
 
 impl PriorityShares {
-    /// The share for `priority`, in `[0, 1]`; a class never gets more than a more important
-    /// one, whatever the values (config validates this; the clamp keeps the order anyway).
+    /// The share for `priority` (`[0, 1]` below critical, `[1, 4]` for critical); a class
+    /// never gets more than a more important one, whatever the values (config validates
+    /// this; the clamps keep the order anyway).
     pub fn share(&self, priority: Priority) -> f64 {
         let unit = |v: f64| {
             if v.is_finite() {
@@ -88,6 +95,7 @@ impl PriorityShares {
         };
         let default = unit(self.default);
         match priority {
+            Priority::Critical if self.critical.is_finite() => self.critical.clamp(1.0, 4.0),
             Priority::Critical => 1.0,
             Priority::Default => default,
             Priority::Sheddable => unit(self.sheddable).min(default),
@@ -166,26 +174,32 @@ mod tests {
     #[test]
     fn shares_keep_critical_whole_and_the_order() {
         let s = PriorityShares::default();
-        assert_eq!(s.share(Priority::Critical), 1.0);
+        assert_eq!(s.share(Priority::Critical), 2.0);
         assert_eq!(s.share(Priority::Default), 0.9);
         assert_eq!(s.share(Priority::Sheddable), 0.75);
         let odd = PriorityShares {
+            critical: f64::NAN,
             default: 0.5,
             sheddable: 0.8,
         };
         assert_eq!(odd.share(Priority::Sheddable), 0.5);
+        assert_eq!(odd.share(Priority::Critical), 1.0);
         let broken = PriorityShares {
+            critical: 9.0,
             default: f64::NAN,
             sheddable: -3.0,
         };
+        assert_eq!(broken.share(Priority::Critical), 4.0);
         assert_eq!(broken.share(Priority::Default), 1.0);
         assert_eq!(broken.share(Priority::Sheddable), 0.0);
         let over = PriorityShares {
+            critical: 0.5,
             default: 7.0,
             sheddable: 2.0,
         };
         assert_eq!(over.share(Priority::Default), 1.0);
         assert_eq!(over.share(Priority::Sheddable), 1.0);
+        assert_eq!(over.share(Priority::Critical), 1.0);
     }
 
     #[test]

@@ -51,6 +51,8 @@ pub struct Decision {
     pub would_shed: Option<Shed>,
     pub limit: u32,
     pub in_flight: u32,
+    /// Admitted with no queue ahead: its latency measures the no-load latency.
+    pub quiet: bool,
 }
 
 /// Decides whether a request of `priority` is admitted to the local service.
@@ -74,6 +76,7 @@ pub fn admit(
             would_shed: None,
             limit: 0,
             in_flight: 0,
+            quiet: state.limiter.is_quiet(policy),
         };
         let mut refused = None;
         if let Some(rate) = &admission.rate_limit {
@@ -104,17 +107,21 @@ pub fn admit(
 }
 
 /// Ends an admitted request: its latency (None when there is no usable sample: reset,
-/// cancelled, answered locally) feeds the controller unless automation is frozen.
+/// cancelled, answered locally) feeds the controller unless automation is frozen; `quiet`
+/// is [`Decision::quiet`].
 pub fn finish(
     store: &dyn SharedStore,
     admission: &Admission,
     now: Instant,
     latency_ms: Option<f64>,
+    quiet: bool,
     frozen: bool,
 ) -> Result<Option<LimitChange>, RecordError> {
     update(store, KEY, |state: &mut AdmissionState| {
         let change = match latency_ms {
-            Some(ms) => state.limiter.complete(now, ms, &admission.limiter, frozen),
+            Some(ms) => state
+                .limiter
+                .complete(now, ms, quiet, &admission.limiter, frozen),
             None => {
                 state.limiter.release_without_sample();
                 None
@@ -155,7 +162,8 @@ mod tests {
         assert_eq!(admitted, 5);
         let shed = admit(&store, &a, now, Priority::Sheddable, false).unwrap();
         assert_eq!(shed.shed, Some(Shed::OverLimit));
-        for _ in 0..5 {
+        // Critical may overdraw the limit (share 2).
+        for _ in 0..15 {
             assert!(
                 admit(&store, &a, now, Priority::Critical, false)
                     .unwrap()
@@ -168,7 +176,7 @@ mod tests {
                 .shed,
             Some(Shed::OverLimit)
         );
-        finish(&store, &a, now, Some(5.0), false).unwrap();
+        finish(&store, &a, now, Some(5.0), false, false).unwrap();
         assert!(
             admit(&store, &a, now, Priority::Critical, false)
                 .unwrap()
@@ -184,11 +192,11 @@ mod tests {
         );
         let store = MemoryStore::default();
         let now = Instant(1_000);
-        assert!(admit(&store, &a, now, Priority::Critical, false)
+        assert!(admit(&store, &a, now, Priority::Default, false)
             .unwrap()
             .shed
             .is_none());
-        let d = admit(&store, &a, now, Priority::Critical, false).unwrap();
+        let d = admit(&store, &a, now, Priority::Default, false).unwrap();
         assert_eq!(
             (d.shed, d.would_shed, d.counted),
             (None, Some(Shed::OverLimit), true)

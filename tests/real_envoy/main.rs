@@ -3,6 +3,7 @@
 //!
 //! `./build.sh test` builds the filter first and points `REFLEX_WASM` at it.
 
+mod admission;
 mod config_rejection;
 mod endpoint_intelligence;
 mod observability;

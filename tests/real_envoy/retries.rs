@@ -96,7 +96,10 @@ fn retry_budget_caps_amplification_with_two_of_five_endpoints_dead() {
     let (ratio, sent) = amplification[0];
     // 20% of the requests in the window plus the minimum (1/s over the 10 s window).
     let bound = 1.0 + 0.2 + 10.0 / sent as f64;
-    assert!(ratio <= bound + 0.01, "amplification {ratio:.3} > {bound:.3}");
+    assert!(
+        ratio <= bound + 0.01,
+        "amplification {ratio:.3} > {bound:.3}"
+    );
     // The control run shows what the budget prevented (1 + 0.4 + 0.16 without it).
     assert!(
         amplification[1].0 > 1.45,
@@ -142,12 +145,16 @@ fn post_is_never_retried_unless_its_route_allows_it() {
         client.request(method, path, &[], b"{}").unwrap().status
     };
     // Round robin puts some first attempts on the failing endpoint.
-    let posts: Vec<u16> = (0..20).map(|_| send(&mut client, "POST", "/orders")).collect();
+    let posts: Vec<u16> = (0..20)
+        .map(|_| send(&mut client, "POST", "/orders"))
+        .collect();
     assert_eq!(attempts(&ups), 20, "a POST was retried");
     let failed = posts.iter().filter(|s| **s == 503).count() as u64;
     assert!(failed > 0 && failed == ups[0].stats().requests, "{posts:?}");
     reset(&ups);
-    let gets: Vec<u16> = (0..20).map(|_| send(&mut client, "GET", "/orders")).collect();
+    let gets: Vec<u16> = (0..20)
+        .map(|_| send(&mut client, "GET", "/orders"))
+        .collect();
     assert!(gets.iter().all(|s| *s == 200), "{gets:?}");
     assert!(ups[0].stats().requests > 0);
     assert_eq!(
@@ -182,7 +189,10 @@ fn retry_after_is_waited_out_before_the_retry() {
             retried.push(t.elapsed());
         }
     }
-    assert!(!retried.is_empty(), "round robin sends some requests to the 503 first");
+    assert!(
+        !retried.is_empty(),
+        "round robin sends some requests to the 503 first"
+    );
     for latency in retried {
         assert!(
             latency >= Duration::from_millis(950),
@@ -214,7 +224,10 @@ fn hanging_endpoint_costs_at_most_one_per_try_timeout() {
     let worst = report.latencies.last().copied().unwrap_or_default();
     // One per-try timeout (at most the configured 250 ms) plus a healthy attempt, not the
     // route's 15 s.
-    assert!(worst < Duration::from_millis(450), "worst latency {worst:?}");
+    assert!(
+        worst < Duration::from_millis(450),
+        "worst latency {worst:?}"
+    );
 }
 
 #[test]
@@ -226,7 +239,8 @@ fn breaker_opens_fails_fast_probes_and_closes() {
             "localReply": {"status": 503, "body": "breaker open\n",
                 "headers": {"x-reflex-breaker": "open"}}}}"#;
     let (ups, envoy, addr) = setup(2, 2, false, config);
-    ups.iter().for_each(|u| u.set_behaviour(Behaviour::status(500)));
+    ups.iter()
+        .for_each(|u| u.set_behaviour(Behaviour::status(500)));
     let mut client = Client::new(addr);
     for _ in 0..30 {
         client.get("/work", &[]).unwrap();
@@ -240,12 +254,22 @@ fn breaker_opens_fails_fast_probes_and_closes() {
     assert_eq!(rejected.status, 503);
     assert_eq!(rejected.header("x-reflex-breaker"), Some("open"));
     assert_eq!(rejected.text(), "breaker open\n");
-    assert_eq!(attempts(&ups), reached, "an open breaker called the upstream");
+    assert_eq!(
+        attempts(&ups),
+        reached,
+        "an open breaker called the upstream"
+    );
     let doc = status(addr, "/.reflex/status");
     let breaker = &doc["breakers"][0];
     assert_eq!(breaker["state"], "open", "{doc}");
     assert!(breaker["since"].is_string(), "{doc}");
-    assert!(breaker["reason"].as_str().unwrap_or_default().contains("error rate"), "{doc}");
+    assert!(
+        breaker["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("error rate"),
+        "{doc}"
+    );
     // The gauge is refreshed by the housekeeping tick (1 s).
     let open = eventually(Duration::from_secs(3), || {
         let prom = envoy.prometheus().ok()?;
@@ -253,7 +277,10 @@ fn breaker_opens_fails_fast_probes_and_closes() {
     });
     let prom = open.expect("reflex_breakers_open never reached 1");
     assert!(prometheus_value(&prom, "reflex_breaker_rejected_total").unwrap() >= 18);
-    assert_eq!(prometheus_value(&prom, "reflex_breaker_opened_total"), Some(1));
+    assert_eq!(
+        prometheus_value(&prom, "reflex_breaker_opened_total"),
+        Some(1)
+    );
 
     // Recovery: after the sleep window, probes go through and close it.
     ups.iter().for_each(|u| u.set_behaviour(Behaviour::ok()));
@@ -262,7 +289,10 @@ fn breaker_opens_fails_fast_probes_and_closes() {
         .map(|_| client.get("/work", &[]).unwrap().status)
         .collect();
     assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
-    assert_eq!(status(addr, "/.reflex/status")["breakers"][0]["state"], "closed");
+    assert_eq!(
+        status(addr, "/.reflex/status")["breakers"][0]["state"],
+        "closed"
+    );
     envoy
         .wait_for_log("reflex circuit breaker", Duration::from_secs(2))
         .unwrap();
@@ -284,10 +314,25 @@ fn bulkhead_caps_concurrency_across_workers() {
         },
     );
     let stats = ups[0].stats();
-    eprintln!("{}\nupstream max concurrent {}", report.summary(), stats.max_concurrent);
-    assert!(stats.max_concurrent <= 8, "{} concurrent", stats.max_concurrent);
-    assert!(stats.max_concurrent >= 6, "the bulkhead should still admit up to its cap");
-    assert!(report.status(503) > 0 && report.ok() > 0, "{}", report.summary());
+    eprintln!(
+        "{}\nupstream max concurrent {}",
+        report.summary(),
+        stats.max_concurrent
+    );
+    assert!(
+        stats.max_concurrent <= 8,
+        "{} concurrent",
+        stats.max_concurrent
+    );
+    assert!(
+        stats.max_concurrent >= 6,
+        "the bulkhead should still admit up to its cap"
+    );
+    assert!(
+        report.status(503) > 0 && report.ok() > 0,
+        "{}",
+        report.summary()
+    );
     let prom = envoy.prometheus().unwrap();
     assert_eq!(
         prometheus_value(&prom, "reflex_bulkhead_rejected_total"),

@@ -61,6 +61,9 @@ pub struct LoadReport {
     /// intended send time, so time spent waiting for a free worker counts (no coordinated
     /// omission).
     pub latencies: Vec<Duration>,
+    /// Latency of every 2xx response, sorted ascending (what admitted requests cost when a
+    /// proxy sheds the rest quickly).
+    pub ok_latencies: Vec<Duration>,
     /// Open loop only: scheduled requests never sent because the run hit its time bound.
     pub dropped: u64,
     /// Wall time of the run.
@@ -95,11 +98,12 @@ impl LoadReport {
 
     /// Latency percentile, `p` in [0, 100] (nearest rank); `None` without responses.
     pub fn percentile(&self, p: f64) -> Option<Duration> {
-        if self.latencies.is_empty() {
-            return None;
-        }
-        let rank = ((p.clamp(0.0, 100.0) / 100.0) * self.latencies.len() as f64).ceil() as usize;
-        Some(self.latencies[rank.clamp(1, self.latencies.len()) - 1])
+        percentile_of(&self.latencies, p)
+    }
+
+    /// Latency percentile of 2xx responses only; `None` without any.
+    pub fn ok_percentile(&self, p: f64) -> Option<Duration> {
+        percentile_of(&self.ok_latencies, p)
     }
 
     /// Mean latency; `None` without responses.
@@ -149,6 +153,9 @@ impl LoadReport {
                 let id = r.upstream_id().unwrap_or("-").to_string();
                 *self.by_upstream.entry(id).or_insert(0) += 1;
                 self.latencies.push(latency);
+                if (200..300).contains(&r.status) {
+                    self.ok_latencies.push(latency);
+                }
             }
             Err(e) => *self.errors.entry(e.kind_name().to_string()).or_insert(0) += 1,
         }
@@ -169,7 +176,18 @@ impl LoadReport {
         }
         self.latencies.extend(other.latencies);
         self.latencies.sort_unstable();
+        self.ok_latencies.extend(other.ok_latencies);
+        self.ok_latencies.sort_unstable();
     }
+}
+
+/// Nearest-rank percentile of sorted `latencies`.
+fn percentile_of(latencies: &[Duration], p: f64) -> Option<Duration> {
+    if latencies.is_empty() {
+        return None;
+    }
+    let rank = ((p.clamp(0.0, 100.0) / 100.0) * latencies.len() as f64).ceil() as usize;
+    Some(latencies[rank.clamp(1, latencies.len()) - 1])
 }
 
 /// Closed-loop run: `requests` requests shared by `threads` workers, each sending its next
@@ -289,5 +307,6 @@ fn finish(workers: Vec<thread::JoinHandle<LoadReport>>, start: Instant) -> LoadR
     }
     total.elapsed = start.elapsed();
     total.latencies.sort_unstable();
+    total.ok_latencies.sort_unstable();
     total
 }

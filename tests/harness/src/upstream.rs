@@ -288,10 +288,16 @@ struct Shared {
     max_connections: usize,
 }
 
+/// The capacity gate: served in arrival order, like a thread pool's FIFO queue (a condvar
+/// alone would wake an arbitrary waiter and let newcomers barge in, which no real server's
+/// queue does and which would give queued requests an unrealistic tail).
 #[derive(Default)]
 struct Gate {
     active: u32,
     waiting: u32,
+    /// Next ticket to hand out, and the ticket whose turn it is.
+    next_ticket: u64,
+    next_turn: u64,
 }
 
 /// Locks ignoring poisoning: a panicking test thread must not take the server down with it.
@@ -334,28 +340,38 @@ impl Shared {
     /// Waits for a capacity slot; `None` means rejected (full queue) or shutting down.
     fn admit(&self) -> Option<Slot<'_>> {
         let mut g = lock(&self.gate);
-        let mut queued = false;
+        let mut ticket = None;
         loop {
             let cap = self
                 .behaviour
                 .read()
                 .unwrap_or_else(|e| e.into_inner())
                 .capacity;
-            if cap.concurrency == 0 || g.active < cap.concurrency {
-                if queued {
+            let my_turn = match ticket {
+                Some(t) => t == g.next_turn,
+                None => g.waiting == 0,
+            };
+            if cap.concurrency == 0 || (my_turn && g.active < cap.concurrency) {
+                if ticket.is_some() {
                     g.waiting -= 1;
+                    g.next_turn += 1;
                 }
                 g.active += 1;
+                drop(g);
+                // The next in line may fit too (capacity can grow).
+                self.gate_cv.notify_all();
                 return Some(Slot(self));
             }
-            if !queued {
+            if ticket.is_none() {
                 if g.waiting >= cap.queue {
                     return None;
                 }
                 g.waiting += 1;
-                queued = true;
+                ticket = Some(g.next_ticket);
+                g.next_ticket += 1;
             }
             if self.stopped() {
+                // Shutting down: every waiter leaves, order no longer matters.
                 g.waiting -= 1;
                 return None;
             }
