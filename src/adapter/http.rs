@@ -10,7 +10,7 @@ use super::host::{now, now_us, property, HostStore};
 use super::metrics::Metrics;
 use super::root::Worker;
 use super::transitions;
-use crate::config::{AllowFrom, Config};
+use crate::config::{AllowFrom, Config, Role};
 use crate::control::{self, ControlError};
 use crate::core::emergency::{request_hash, RequestFacts, Switches};
 use crate::core::latency_quantile::per_try_timeout;
@@ -565,8 +565,28 @@ impl HttpContext for ReflexHttp {
         let (Some(config), Some(metrics)) = (self.config.clone(), self.metrics) else {
             return Action::Continue;
         };
-        self.started_us = now_us();
         let now = now();
+        if config.role == Role::Switches {
+            // Renew from the traffic (only the current filter chain sees any), then apply
+            // this instance's own kill and shed at once.
+            self.worker.renew_switches(now);
+            let full_path = self.header(":path").unwrap_or_default();
+            let path = properties::path_only(&full_path).to_string();
+            self.cluster = property(&["xds", "cluster_name"])
+                .as_deref()
+                .and_then(properties::string)
+                .map(str::to_string);
+            let priority = config.admission.priority.classify(
+                self.header(&config.admission.priority.header).as_deref(),
+                &path,
+            );
+            let own = self.worker.own_switches();
+            if self.emergency(&own, &path, priority, &metrics, now) {
+                return Action::Pause;
+            }
+            return Action::Continue;
+        }
+        self.started_us = now_us();
         Metrics::add(metrics.requests, 1);
         // Only reflex may steer: a client-supplied endpoint choice is removed before anything
         // else reads it.
@@ -673,7 +693,7 @@ impl HttpContext for ReflexHttp {
         let (Some(config), Some(metrics)) = (self.config.clone(), self.metrics) else {
             return;
         };
-        if self.answered_locally {
+        if self.answered_locally || config.role == Role::Switches {
             return;
         }
         let now = now();

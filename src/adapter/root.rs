@@ -1,7 +1,7 @@
 //! The root context: one per worker VM. Owns the validated configuration, the metrics and
 //! the worker's local state; runs the housekeeping tick; creates one HTTP context per
-//! request. A `switches` instance (the Istio emergency manifests) only renews its published
-//! switches each tick.
+//! request. A `switches` instance (the Istio emergency manifests) decides nothing itself but
+//! its own kill and shed, and publishes its switches while requests flow through it.
 
 use super::host::{now, now_us, property, HostStore};
 use super::http::ReflexHttp;
@@ -25,8 +25,8 @@ use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 use std::time::Duration;
 
-/// Ticks a published switch set outlives its last renewal.
-const LEASE_TICKS: u64 = 3;
+/// Ticks a published switch set outlives its last renewal (renewals come with requests).
+const LEASE_TICKS: u64 = 4;
 /// At most one admission-limit log line per worker per this many milliseconds.
 const LIMIT_LOG_EVERY_MS: u64 = 5_000;
 
@@ -44,6 +44,12 @@ pub struct Worker {
     /// Destinations this worker has already listed in shared data.
     remembered: RefCell<HashSet<String>>,
     last_limit_log: Cell<u64>,
+    /// A `switches` instance: its plugin name, when it was configured, its lease length
+    /// and when it last renewed.
+    plugin_name: RefCell<String>,
+    configured_at: Cell<Instant>,
+    lease: Cell<u64>,
+    renewed_at: Cell<u64>,
 }
 
 impl Worker {
@@ -111,6 +117,34 @@ impl Worker {
             .collect()
     }
 
+    /// A `switches` instance publishes its set, at most twice per lease (called for every
+    /// request it sees, and once when configured).
+    pub fn renew_switches(&self, now: Instant) {
+        let lease = self.lease.get();
+        if now.0.saturating_sub(self.renewed_at.get()) < lease / 2 {
+            return;
+        }
+        self.renewed_at.set(now.0);
+        let switches = self.own_switches();
+        let name = self.plugin_name.borrow().clone();
+        let until = Instant(now.0 + lease);
+        match switchboard::push(
+            &HostStore,
+            &name,
+            &switches,
+            self.configured_at.get(),
+            until,
+            now,
+        ) {
+            Ok(true) => warn!(
+                "reflex switches {name:?} published: {}",
+                crate::control::status_value(&Switches::default(), &switches, now)["effective"]
+            ),
+            Ok(false) => {}
+            Err(err) => warn!("reflex switches {name:?}: cannot publish: {err:?}"),
+        }
+    }
+
     /// Logs an admission-limit change, at most once per [`LIMIT_LOG_EVERY_MS`] per worker.
     pub fn log_limit_change(&self, change: &LimitChange, now: Instant) {
         if now.0.saturating_sub(self.last_limit_log.get()) < LIMIT_LOG_EVERY_MS {
@@ -133,32 +167,11 @@ pub struct ReflexRoot {
     tracked: (usize, usize),
     /// Clusters this worker last saw in panic, to log entering and leaving once.
     panicking: Vec<String>,
-    /// This instance's plugin name (the key of its published switches).
-    plugin_name: String,
 }
 
 impl Context for ReflexRoot {}
 
 impl ReflexRoot {
-    /// A `switches` instance: renew the published set.
-    fn publish(&self, config: &Config) {
-        let now = now();
-        let until = Instant(now.0 + config.tick_interval.0 * LEASE_TICKS);
-        let switches = self.worker.own_switches();
-        match switchboard::push(&HostStore, &self.plugin_name, &switches, until, now) {
-            Ok(true) => warn!(
-                "reflex switches {:?} published: {}",
-                self.plugin_name,
-                crate::control::status_value(&Switches::default(), &switches, now)["effective"]
-            ),
-            Ok(false) => {}
-            Err(err) => warn!(
-                "reflex switches {:?}: cannot publish: {err:?}",
-                self.plugin_name
-            ),
-        }
-    }
-
     fn sweep(&mut self, config: &Config, metrics: &Metrics) {
         let now = now();
         let table = EndpointTable::new(&HostStore, config);
@@ -255,19 +268,25 @@ impl RootContext for ReflexRoot {
             Ok(config) => {
                 let tick = Duration::from_millis(config.tick_interval.0);
                 self.set_tick_period(tick);
-                self.plugin_name = property(&["plugin_name"])
+                let now = now();
+                *self.worker.plugin_name.borrow_mut() = property(&["plugin_name"])
                     .as_deref()
                     .and_then(properties::string)
                     .unwrap_or("reflex")
                     .to_string();
+                self.worker.configured_at.set(now);
+                self.worker
+                    .lease
+                    .set(config.tick_interval.0.saturating_mul(LEASE_TICKS));
+                self.worker.renewed_at.set(0);
                 *self.worker.own_switches.borrow_mut() =
-                    config.emergency.switches.clone().stamped(now());
+                    config.emergency.switches.clone().stamped(now);
                 if config.role == Role::Switches {
                     info!(
-                        "reflex switches instance {:?} configured: publishing its emergency section every {}",
-                        self.plugin_name, config.tick_interval
+                        "reflex switches instance {:?} configured: its emergency section applies while requests flow through it",
+                        self.worker.plugin_name.borrow()
                     );
-                    self.publish(&config);
+                    self.worker.renew_switches(now);
                 } else {
                     info!(
                         "reflex configuration accepted: steering header {:?}, status endpoint {}, control endpoint {}",
@@ -301,7 +320,6 @@ impl RootContext for ReflexRoot {
             return;
         };
         if config.role == Role::Switches {
-            self.publish(&config);
             return;
         }
         self.sweep(&config, &metrics);
@@ -311,8 +329,7 @@ impl RootContext for ReflexRoot {
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
         // Envoy creates HTTP contexts only after a successful on_configure, but the SDK
         // aborts on None, so a context without configuration simply passes traffic through.
-        // A `switches` instance decides nothing per request.
-        let config = self.config.clone().filter(|c| c.role == Role::Filter);
+        let config = self.config.clone();
         Some(Box::new(ReflexHttp::new(
             config,
             self.metrics,

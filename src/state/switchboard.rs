@@ -2,6 +2,12 @@
 //! through the local control endpoint, and those pushed by `switches` instances (the Istio
 //! emergency manifests), each under its own name with a lease it renews every tick. A pushed
 //! set whose instance is gone lapses when its lease ends, so deleting a manifest is the undo.
+//!
+//! A `switches` instance renews its lease from the requests it sees (at most twice per
+//! lease), not from a timer: Envoy keeps a replaced listener's filters alive while its
+//! connections drain (Istio: 45 s), and a timer in a removed instance would keep renewing all
+//! that time, while requests only flow through the current filter chain. Of two copies of
+//! one instance (a draining one and its replacement), the one configured last wins.
 
 use super::codec::{DecodeError, Reader, Writer};
 use super::record::{load, update, Record, RecordError};
@@ -13,7 +19,6 @@ use crate::core::time::Instant;
 pub const KEY: &str = "reflex.v2.switches";
 /// At most this many `switches` instances publish at once (extra ones are ignored).
 pub const MAX_PUSHERS: usize = 8;
-
 /// Switches published by one `switches` instance.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Pushed {
@@ -21,6 +26,8 @@ pub struct Pushed {
     pub switches: Switches,
     /// The lease: after this the set no longer applies.
     pub until: Instant,
+    /// When the publishing instance was configured.
+    pub configured_at: Instant,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -38,6 +45,7 @@ impl Record for SwitchBoard {
             w.str(&p.name);
             p.switches.write(w);
             w.u64(p.until.0);
+            w.u64(p.configured_at.0);
         }
     }
     fn read(r: &mut Reader) -> Result<Self, DecodeError> {
@@ -52,6 +60,7 @@ impl Record for SwitchBoard {
                     name: r.str()?,
                     switches: Switches::read(r)?,
                     until: Instant(r.u64()?),
+                    configured_at: Instant(r.u64()?),
                 })
             })
             .collect::<Result<_, DecodeError>>()?;
@@ -78,36 +87,40 @@ pub fn read(store: &dyn SharedStore) -> Result<SwitchBoard, RecordError> {
     load(store, KEY)
 }
 
-/// Publishes (or renews) the set of instance `name` until `until`. Returns whether the set
-/// is new or changed (to log it once, not every tick).
+/// Publishes (or renews) the set of instance `name`, configured at `configured_at`, until
+/// `until`. A copy of an older configuration (a draining listener's) never overwrites a
+/// newer one. Returns whether the set is new or changed (to log it once, not every tick).
 pub fn push(
     store: &dyn SharedStore,
     name: &str,
     switches: &Switches,
+    configured_at: Instant,
     until: Instant,
     now: Instant,
 ) -> Result<bool, RecordError> {
     update(store, KEY, |board: &mut SwitchBoard| {
         board.pushed.retain(|p| p.until > now || p.name == name);
         let room = board.pushed.len() < MAX_PUSHERS;
-        let changed = match board.pushed.iter_mut().find(|p| p.name == name) {
+        match board.pushed.iter_mut().find(|p| p.name == name) {
+            Some(p) if p.configured_at > configured_at => (false, false),
             Some(p) => {
                 let changed = p.switches != *switches || p.until <= now;
                 p.switches = switches.clone();
                 p.until = until;
-                changed
+                p.configured_at = configured_at;
+                (changed, true)
             }
             None if room => {
                 board.pushed.push(Pushed {
                     name: name.to_string(),
                     switches: switches.clone(),
                     until,
+                    configured_at,
                 });
-                true
+                (true, true)
             }
-            None => false,
-        };
-        (changed, true)
+            None => (false, false),
+        }
     })
 }
 
@@ -150,8 +163,24 @@ mod tests {
     #[test]
     fn pushed_switches_apply_until_their_lease_ends() {
         let store = MemoryStore::default();
-        assert!(push(&store, "freeze", &freeze(), Instant(2_000), Instant(1_000)).unwrap());
-        assert!(!push(&store, "freeze", &freeze(), Instant(3_000), Instant(1_500)).unwrap());
+        assert!(push(
+            &store,
+            "freeze",
+            &freeze(),
+            Instant(900),
+            Instant(2_000),
+            Instant(1_000)
+        )
+        .unwrap());
+        assert!(!push(
+            &store,
+            "freeze",
+            &freeze(),
+            Instant(900),
+            Instant(3_000),
+            Instant(1_500)
+        )
+        .unwrap());
         let board = read(&store).unwrap();
         assert!(board
             .effective(&Switches::default(), Instant(2_500))
@@ -159,6 +188,42 @@ mod tests {
         assert!(!board
             .effective(&Switches::default(), Instant(3_001))
             .frozen(Instant(3_001)));
+    }
+
+    #[test]
+    fn a_draining_copy_never_overwrites_its_replacement() {
+        let store = MemoryStore::default();
+        push(
+            &store,
+            "kill",
+            &freeze(),
+            Instant(10_000),
+            Instant(61_000),
+            Instant(60_000),
+        )
+        .unwrap();
+        push(
+            &store,
+            "kill",
+            &freeze(),
+            Instant(59_990),
+            Instant(62_000),
+            Instant(61_000),
+        )
+        .unwrap();
+        let stale = push(
+            &store,
+            "kill",
+            &Switches::default(),
+            Instant(10_000),
+            Instant(63_000),
+            Instant(61_500),
+        );
+        assert!(!stale.unwrap());
+        assert!(read(&store)
+            .unwrap()
+            .pushed_at(Instant(61_500))
+            .frozen(Instant(61_500)));
     }
 
     #[test]
@@ -185,6 +250,7 @@ mod tests {
                 name: "a".into(),
                 switches: freeze(),
                 until: Instant(9),
+                configured_at: Instant(3),
             }],
         };
         assert_eq!(SwitchBoard::decode(&board.encode()).unwrap(), board);

@@ -5,8 +5,6 @@ use crate::support::*;
 use reflex_harness::envoy::free_port;
 use reflex_harness::load::{closed_loop, ClosedLoop, RequestSpec};
 use reflex_harness::{Envoy, EnvoyOptions, ProxyConfig};
-use serde_json::json;
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -48,22 +46,6 @@ fn out_of_range_value_is_rejected_naming_the_rule() {
     );
 }
 
-/// An LDS resource file with one listener carrying reflex with `config`.
-fn lds_document(port: u16, cluster_addr: std::net::SocketAddr, config: &str) -> String {
-    let mut proxy = ProxyConfig::new(&[cluster_addr]).with_http_filter(reflex_filter(config));
-    proxy.listener_port = port;
-    let mut listener = proxy.to_value()["static_resources"]["listeners"][0].clone();
-    listener["@type"] = json!("type.googleapis.com/envoy.config.listener.v3.Listener");
-    serde_json::to_string(&json!({ "resources": [listener] })).unwrap()
-}
-
-/// Envoy watches the file for a rename onto it, as with any file-based xDS.
-fn publish(path: &Path, text: &str) {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text).unwrap();
-    std::fs::rename(&tmp, path).unwrap();
-}
-
 #[test]
 fn invalid_update_is_rejected_and_previous_config_keeps_serving() {
     let ups = upstreams(1);
@@ -72,16 +54,12 @@ fn invalid_update_is_rejected_and_previous_config_keeps_serving() {
     let lds = dir.join("lds.json");
     let port = free_port();
     let good = r#"{"version": 1, "status": {"enabled": true, "path": "/first"}}"#;
-    publish(&lds, &lds_document(port, ups[0].addr(), good));
+    publish(
+        &lds,
+        &lds_document(port, ups[0].addr(), vec![reflex_filter(good)]),
+    );
 
-    let mut bootstrap = ProxyConfig::new(&addrs(&ups)).to_value();
-    bootstrap["static_resources"]["listeners"] = json!([]);
-    bootstrap["node"] = json!({"id": "reflex-test", "cluster": "reflex-test"});
-    bootstrap["dynamic_resources"] = json!({"lds_config": {
-        "resource_api_version": "V3",
-        "path_config_source": {"path": lds.to_string_lossy()}
-    }});
-    let envoy = start(bootstrap.to_string(), 2);
+    let envoy = start_with_lds(&addrs(&ups), &lds, 2);
     let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
     envoy
         .wait_for_stat(
@@ -113,7 +91,10 @@ fn invalid_update_is_rejected_and_previous_config_keeps_serving() {
         });
 
         let bad = r#"{"version": 1, "endpoints": {"forgetAfter": "soon"}}"#;
-        publish(&lds, &lds_document(port, ups[0].addr(), bad));
+        publish(
+            &lds,
+            &lds_document(port, ups[0].addr(), vec![reflex_filter(bad)]),
+        );
         envoy
             .wait_for_stat(
                 "listener_manager.lds.update_rejected",
@@ -131,7 +112,10 @@ fn invalid_update_is_rejected_and_previous_config_keeps_serving() {
         assert_eq!(status(addr, "/first")["version"], reflex::VERSION);
 
         let newer = r#"{"version": 1, "status": {"enabled": true, "path": "/second"}}"#;
-        publish(&lds, &lds_document(port, ups[0].addr(), newer));
+        publish(
+            &lds,
+            &lds_document(port, ups[0].addr(), vec![reflex_filter(newer)]),
+        );
         envoy
             .wait_for_stat(
                 "listener_manager.lds.update_success",

@@ -5,6 +5,7 @@
 
 mod admission;
 mod config_rejection;
+mod emergency;
 mod endpoint_intelligence;
 mod observability;
 mod retries;

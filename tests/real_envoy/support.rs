@@ -14,14 +14,22 @@ pub fn wasm_path() -> PathBuf {
 
 /// The reflex HTTP filter entry with `config` as its plugin configuration.
 pub fn reflex_filter(config: &str) -> Value {
+    reflex_filter_named("reflex", config)
+}
+
+/// A reflex filter entry with its own filter and plugin `name` (same VM, same shared data):
+/// e.g. a `switches` instance beside the main filter.
+pub fn reflex_filter_named(name: &str, config: &str) -> Value {
     json!({
-        "name": "reflex",
+        "name": name,
         "typed_config": {
             "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
             "config": {
-                "name": "reflex",
+                "name": name,
                 "root_id": "reflex",
                 "failure_policy": "FAIL_OPEN",
+                // Lets the control endpoint read a request body before anything is forwarded.
+                "allow_on_headers_stop_iteration": true,
                 "configuration": {
                     "@type": "type.googleapis.com/google.protobuf.StringValue",
                     "value": config
@@ -88,4 +96,35 @@ pub fn prometheus_value(text: &str, name: &str) -> Option<u64> {
         let metric = metric.strip_suffix("{}").unwrap_or(metric);
         (metric == name).then(|| value.parse::<f64>().ok().map(|v| v as u64))?
     })
+}
+
+/// An LDS resource file with one listener (`port`) whose HTTP filters are `filters`, routing
+/// to `cluster_addr`.
+pub fn lds_document(port: u16, cluster_addr: SocketAddr, filters: Vec<Value>) -> String {
+    let mut proxy = reflex_harness::ProxyConfig::new(&[cluster_addr]);
+    proxy.http_filters = filters;
+    proxy.listener_port = port;
+    let mut listener = proxy.to_value()["static_resources"]["listeners"][0].clone();
+    listener["@type"] = json!("type.googleapis.com/envoy.config.listener.v3.Listener");
+    serde_json::to_string(&json!({ "resources": [listener] })).unwrap()
+}
+
+/// Writes an xDS file the way Envoy watches for it: a rename onto the path.
+pub fn publish(path: &std::path::Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// Envoy with its listeners from the LDS file `lds` (file-based xDS, as a control plane
+/// would push them) and a static cluster of `upstreams`.
+pub fn start_with_lds(upstreams: &[SocketAddr], lds: &std::path::Path, workers: u32) -> Envoy {
+    let mut bootstrap = reflex_harness::ProxyConfig::new(upstreams).to_value();
+    bootstrap["static_resources"]["listeners"] = json!([]);
+    bootstrap["node"] = json!({"id": "reflex-test", "cluster": "reflex-test"});
+    bootstrap["dynamic_resources"] = json!({"lds_config": {
+        "resource_api_version": "V3",
+        "path_config_source": {"path": lds.to_string_lossy()}
+    }});
+    start(bootstrap.to_string(), workers)
 }
