@@ -846,12 +846,13 @@ def check_embedded_config(ctx: Ctx):
     return ", ".join(w for w, _, _ in found)
 
 
-def _check_wasm_patch(cp: dict, where: str) -> dict:
+def _check_wasm_patch(cp: dict, where: str, before: str = ROUTER) -> dict:
     """Settings every reflex wasm patch shares (base filter or switches instance); returns its
-    Wasm plugin config."""
+    Wasm plugin config. The base filter goes before the router, a switches instance before
+    reflex."""
     expect(cp["patch"]["operation"] == "INSERT_BEFORE", f"{where}: the filter must be inserted with INSERT_BEFORE")
     f = cp["match"]["listener"]["filterChain"]["filter"]
-    expect(f["name"] == HCM and f["subFilter"]["name"] == ROUTER, f"{where}: must be inserted before the router of the HCM")
+    expect(f["name"] == HCM and f["subFilter"]["name"] == before, f"{where}: must be inserted before {before} in the HCM")
     c = cp["patch"]["value"]["typed_config"]["config"]
     expect(c.get("root_id") == "reflex", f"{where}: root_id must be reflex")
     expect(c.get("failure_policy") == "FAIL_OPEN", f"{where}: failure_policy must be FAIL_OPEN")
@@ -1233,7 +1234,7 @@ def check_emergency_manifest(ctx: Ctx, fname: str, docs: list, text: str | None 
     expect(sorted(got) == sorted(sides), f"must patch {sorted(sides)} once each, patches {got}")
     vms = base_vm_configs(ctx)
     for side, _, cp in patches:
-        c = _check_wasm_patch(cp, side)
+        c = _check_wasm_patch(cp, side, before="reflex")
         name = cp["patch"]["value"]["name"]
         expect(name.startswith("reflex-emergency-") and c.get("name", "").startswith("reflex-emergency-"),
                f"{side}: filter and plugin name must start with reflex-emergency-")
@@ -1265,15 +1266,17 @@ def _set_switches_config(doc: dict, **fields):
 
 
 def check_envoy_validate_emergency(ctx: Ctx, fnames: list):
-    """The manifests applied on top of the bundle: each switches instance sits after reflex,
-    right before the router, and Envoy (with reflex configuring every instance) accepts it."""
+    """The manifests applied on top of the bundle: each switches instance sits right before
+    reflex (it renews its switches from the requests it sees, so reflex reads them fresh), and
+    Envoy (with reflex configuring every instance) accepts it."""
     docs = [d for n in fnames for d in ctx.emergency[n]]
     _, facts = build_istio_like_bootstrap(ctx, [1, 2, 3], 1, 2, 3, 4, docs)
     for lis in (facts["listener"], facts["inbound_listener"]):
         names = http_filter_names(lis)
         i = names.index("reflex")
-        expect(all(n.startswith("reflex-emergency-") for n in names[i + 1:-1]) and names[-1] == ROUTER,
-               f"{lis['name']}: switches instances must follow reflex, right before the router: {names}")
+        before = [n for n in names[:i] if n.startswith("reflex-emergency-")]
+        expect(names[i - len(before):i] == before and names[-2:] == ["reflex", ROUTER],
+               f"{lis['name']}: switches instances must sit right before reflex, reflex before the router: {names}")
     label = "emergency-" + ("all" if len(fnames) > 1 else fnames[0].removesuffix(".yaml"))
     return check_envoy_validate_bundle(ctx, docs, label)
 

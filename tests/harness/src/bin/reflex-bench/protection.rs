@@ -713,6 +713,16 @@ fn actions(o: &Outcome) -> String {
         ("upstream_rq_per_try_timeout", "per-try timeouts"),
         ("admission_control.rq_rejected", "admission rejects"),
         ("gradient_controller.rq_blocked", "concurrency rejects"),
+        // reflex's own decisions (its retries and per-try timeouts are Envoy's, counted above).
+        ("reflex_ejections_total", "reflex ejections"),
+        ("reflex_retries_denied_budget_total", "retries cut by reflex's budget"),
+        ("reflex_breaker_opened_total", "breaker openings"),
+        ("reflex_breaker_rejected_total", "breaker rejects"),
+        ("reflex_throttle_rejected_total", "throttled"),
+        ("reflex_bulkhead_rejected_total", "bulkhead rejects"),
+        ("reflex_shed_critical_total", "shed critical"),
+        ("reflex_shed_default_total", "shed default"),
+        ("reflex_shed_sheddable_total", "shed sheddable"),
     ] {
         let n = counter_sum(o, suffix);
         if n > 0 {
@@ -947,7 +957,90 @@ fn markdown(
     for l in lines {
         let _ = writeln!(md, "{l}");
     }
+    let targets = targets(scenarios, configs, outcomes);
+    if !targets.is_empty() {
+        let _ = writeln!(md, "\n## Targets\n");
+        let _ = writeln!(
+            md,
+            "The targets set for reflex's retries, timeouts and admission, checked for every \
+             configuration of this run (✔ met, ✘ missed).\n"
+        );
+        let _ = writeln!(
+            md,
+            "| target | {} |",
+            configs.iter().map(|c| c.label).collect::<Vec<_>>().join(" | ")
+        );
+        let _ = writeln!(md, "|---|{}", "---|".repeat(configs.len()));
+        for l in targets {
+            let _ = writeln!(md, "{l}");
+        }
+    }
     md
+}
+
+/// Hang: success from onset >= 99.9%. Retry storm: amplification <= 1.2. Overload: critical
+/// success >= 99.9% and goodput >= 90% of capacity. One table row per target.
+fn targets(scenarios: &[Scenario], configs: &[&ConfigDef], outcomes: &[Outcome]) -> Vec<String> {
+    type Get = fn(&Outcome) -> Option<f64>;
+    let defs: [(&str, &str, Get, bool, f64, fn(f64) -> String); 4] = [
+        (
+            "hang",
+            "hang: success from onset ≥ 99.9%",
+            |o| Some(o.success_after),
+            true,
+            0.999,
+            |v| format!("{:.2}%", 100.0 * v),
+        ),
+        (
+            "retry-storm",
+            "retry-storm: amplification ≤ 1.20",
+            |o| Some(o.amplification_after),
+            false,
+            1.2,
+            |v| format!("{v:.2}"),
+        ),
+        (
+            "overload",
+            "overload: critical success ≥ 99.9%",
+            |o| o.success_by_class_after.get("critical").copied(),
+            true,
+            0.999,
+            |v| format!("{:.2}%", 100.0 * v),
+        ),
+        (
+            "overload",
+            "overload: goodput ≥ 90% of capacity",
+            |o| Some(o.goodput_after_rps? / o.capacity_rps?),
+            true,
+            0.9,
+            |v| common::pct(v),
+        ),
+    ];
+    let mut rows = Vec::new();
+    for (scenario, name, get, higher, bound, fmt) in defs {
+        if !scenarios.iter().any(|s| s.key == scenario) {
+            continue;
+        }
+        let cells: Vec<String> = configs
+            .iter()
+            .map(|c| {
+                let v = outcomes
+                    .iter()
+                    .find(|o| o.scenario == scenario && o.config == c.key && o.error.is_none())
+                    .and_then(get)
+                    .filter(|v| v.is_finite());
+                match v {
+                    None => "–".into(),
+                    Some(v) => {
+                        let met = if higher { v >= bound } else { v <= bound };
+                        format!("{} {}", if met { "✔" } else { "✘" }, fmt(v))
+                    }
+                }
+            })
+            .collect();
+        rows.push(format!("| {name} | {} |", cells.join(" | ")));
+    }
+    rows
 }
 
 pub fn run(args: &ProtectionArgs) -> Result<()> {
