@@ -1692,6 +1692,7 @@ fn switchboard_toks() -> Toks {
                     text(any_text(0..20), MAX_NAME_LEN),
                     switches_toks(),
                     u64s(),
+                    u64s(),
                 ])
             },
             0..=3,
@@ -2253,11 +2254,14 @@ proptest! {
     #[test]
     fn roundtrip_switchboard(
         local in switches(),
-        pushed in prop::collection::vec((any_text(0..30), switches(), instant()), 0..=MAX_PUSHERS),
+        pushed in prop::collection::vec((any_text(0..30), switches(), instant(), instant()), 0..=MAX_PUSHERS),
     ) {
         let board = SwitchBoard {
             local,
-            pushed: pushed.into_iter().map(|(name, switches, until)| Pushed { name, switches, until }).collect(),
+            pushed: pushed
+                .into_iter()
+                .map(|(name, switches, until, configured_at)| Pushed { name, switches, until, configured_at })
+                .collect(),
         };
         prop_assert_eq!(SwitchBoard::decode(&board.encode()), Ok(board));
     }

@@ -99,7 +99,7 @@ impl ReflexHttp {
     /// `use_remote_address: false` (the sidecar default) Envoy derives the peer address from
     /// x-forwarded-for, which a remote client can forge; a local operator's curl never sends
     /// one, so its presence alone disqualifies the request.
-    fn from_loopback(&self) -> bool {
+    fn is_local_operator(&self) -> bool {
         self.header("x-forwarded-for").is_none()
             && self
                 .peer()
@@ -117,7 +117,7 @@ impl ReflexHttp {
     fn is_status_request(&self, config: &Config, path: &str) -> bool {
         config.status.enabled
             && path == config.status.path
-            && (!config.status.loopback_only || self.from_loopback())
+            && (!config.status.loopback_only || self.is_local_operator())
     }
 
     /// Answers locally. Every reflex reply says why in `x-reflex-reason`.
@@ -184,7 +184,7 @@ impl ReflexHttp {
             return false;
         }
         let allowed = match control.allow_from {
-            AllowFrom::Loopback => self.from_loopback(),
+            AllowFrom::Loopback => self.is_local_operator(),
             AllowFrom::Any => true,
         };
         if !allowed {
@@ -693,10 +693,22 @@ impl HttpContext for ReflexHttp {
         let (Some(config), Some(metrics)) = (self.config.clone(), self.metrics) else {
             return;
         };
-        if self.answered_locally || config.role == Role::Switches {
+        if config.role == Role::Switches {
             return;
         }
         let now = now();
+        if self.answered_locally {
+            // Admitted, then refused by a destination guard: give the slot back.
+            if self.admitted {
+                let frozen = self.automation.frozen;
+                if admission::finish(&HostStore, &config.admission, now, None, false, frozen)
+                    .is_err()
+                {
+                    Metrics::add(metrics.shared_state_errors, 1);
+                }
+            }
+            return;
+        }
         let code = property(&["response", "code"])
             .as_deref()
             .and_then(properties::int64)

@@ -16,7 +16,7 @@ use crate::core::time::Instant;
 use crate::properties;
 use crate::state::guard::{self, Destinations, Guard};
 use crate::state::record::{load, RecordError};
-use crate::state::{admission, switchboard, EndpointTable};
+use crate::state::{admission, switchboard, Automation, EndpointTable};
 use log::{error, info, warn};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::ContextType;
@@ -174,7 +174,16 @@ impl Context for ReflexRoot {}
 impl ReflexRoot {
     fn sweep(&mut self, config: &Config, metrics: &Metrics) {
         let now = now();
-        let table = EndpointTable::new(&HostStore, config);
+        // The tick's detectors obey the switches like the per-request ones.
+        let switches = match switchboard::read(&HostStore) {
+            Ok(board) => board.effective(&self.worker.own_switches(), now),
+            Err(_) => self.worker.own_switches(),
+        };
+        let automation = Automation {
+            frozen: switches.frozen(now),
+            dry_run: config.dry_run || switches.dry_run(now),
+        };
+        let table = EndpointTable::new(&HostStore, config).with_automation(automation);
         let mut rng = SplitMix64::new(now_us());
         match table.sweep(now, &mut rng) {
             Ok(sweep) => {

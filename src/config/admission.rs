@@ -132,8 +132,9 @@ impl Default for RawAdmission {
             smoothing: 0.2,
             tolerance: 1.0,
             headroom: 0.5,
-            // 30 s at the default window: long enough that a minute of overload cannot make
-            // queued latency the new normal, short enough to follow a slower deploy.
+            // 60 windows that measured a no-load latency (busy windows do not count): at
+            // least 15 s at the default window, enough to ride out a quiet spell's noise,
+            // short enough to follow a slower deploy.
             no_load_windows: 60,
             aimd: RawAimd::default(),
             priority: RawPriority::default(),

@@ -191,10 +191,11 @@ pub enum Role {
     /// The resilience filter: every feature the document enables.
     #[default]
     Filter,
-    /// Only publishes its `emergency` section to the filters sharing its `vm_id`, renewed
-    /// every tick, and lets every request through: the shape of the Istio emergency
-    /// manifests, which add such an instance and take it away again (the switches lapse
-    /// within a few ticks of its removal).
+    /// Applies its own `emergency` section (kill, shed) to the requests it sees and
+    /// publishes it to the filters sharing its `vm_id` (freeze, dry-run), renewed as requests
+    /// flow through it: the shape of the Istio emergency manifests, which add such an
+    /// instance and take it away again (the publication lapses within a few ticks of the
+    /// last request through it).
     Switches,
 }
 

@@ -884,9 +884,9 @@ mod tests {
             }
         }
         assert_eq!(l.no_load_ms(), Some(10.0));
-        assert!(!ConcurrencyLimiter::new(&p, Instant(T0))
+        assert!(ConcurrencyLimiter::new(&p, Instant(T0))
             .no_load_ms()
-            .is_some());
+            .is_none());
     }
 
     #[test]

@@ -206,6 +206,12 @@ pub struct Writer {
     out: Vec<u8>,
 }
 
+impl Default for Writer {
+    fn default() -> Self {
+        Writer::new()
+    }
+}
+
 impl Writer {
     pub fn new() -> Self {
         Writer { out: vec![FORMAT] }

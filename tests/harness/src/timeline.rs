@@ -63,11 +63,17 @@ impl TimelineLoad {
     }
 }
 
+/// Response header in which reflex says why it answered a request itself (`killed`, `shed`, …).
+pub const REFLEX_REASON_HEADER: &str = "x-reflex-reason";
+
 /// What happened to one request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {
     /// Intended send time, from the start of the run.
     pub due: Duration,
+    /// When a worker actually started sending it, from the start of the run: `due`, or later
+    /// when every worker was busy (for a dropped request, when it was given up).
+    pub sent: Duration,
     /// From the intended send time until the answer (or the failure) arrived; zero if dropped.
     pub latency: Duration,
     /// Index of the [`RequestSpec`] used (request `i` uses spec `i % specs.len()`).
@@ -78,6 +84,8 @@ pub struct Record {
     pub error: Option<&'static str>,
     /// `x-upstream-id` of the response, if any.
     pub upstream: Option<String>,
+    /// [`REFLEX_REASON_HEADER`] of the response, if any: reflex answered it locally.
+    pub reason: Option<String>,
 }
 
 impl Record {
@@ -170,17 +178,20 @@ pub fn start_timeline(addr: SocketAddr, specs: &[RequestSpec], cfg: &TimelineLoa
                     if now >= deadline {
                         out.push(Record {
                             due: offset,
+                            sent: now - start,
                             latency: Duration::ZERO,
                             class,
                             status: None,
                             error: Some("dropped"),
                             upstream: None,
+                            reason: None,
                         });
                         continue;
                     }
                     if due > now {
                         thread::sleep(due - now);
                     }
+                    let sent = start.elapsed();
                     let spec = &specs[class];
                     let headers: Vec<(&str, &str)> = spec
                         .headers
@@ -192,19 +203,23 @@ pub fn start_timeline(addr: SocketAddr, specs: &[RequestSpec], cfg: &TimelineLoa
                     out.push(match result {
                         Ok(r) => Record {
                             due: offset,
+                            sent,
                             latency,
                             class,
                             status: Some(r.status),
                             error: None,
                             upstream: r.upstream_id().map(str::to_string),
+                            reason: r.header(REFLEX_REASON_HEADER).map(str::to_string),
                         },
                         Err(e) => Record {
                             due: offset,
+                            sent,
                             latency,
                             class,
                             status: None,
                             error: Some(e.kind_name()),
                             upstream: None,
+                            reason: None,
                         },
                     });
                 }

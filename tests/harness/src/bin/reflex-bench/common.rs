@@ -406,6 +406,19 @@ pub fn spread(values: &[f64], decimals: usize) -> String {
     )
 }
 
+pub fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// Nearest-rank percentile of `sorted` latencies, `p` in [0, 100], in ms; `None` if empty.
+pub fn percentile(sorted: &[Duration], p: f64) -> Option<f64> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    Some(ms(sorted[rank.clamp(1, sorted.len()) - 1]))
+}
+
 /// `bench/` in the workspace.
 pub fn bench_dir() -> PathBuf {
     workspace_root().join("bench")
@@ -429,6 +442,67 @@ pub fn config_with_ports(name: &str, ports: &[(u16, u16)], wasm: &Path) -> Resul
         "filename: out/reflex.wasm",
         &format!("filename: {}", wasm.display()),
     ))
+}
+
+/// The reflex plugin configuration a config file embeds as its one `value: |` YAML block.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EmbeddedConfig {
+    /// Lines of the block's content (after the `value: |` line), as indices into the text's lines.
+    pub lines: std::ops::Range<usize>,
+    /// Indentation of the content, in spaces.
+    pub indent: usize,
+    pub json: Value,
+}
+
+/// Finds and parses the embedded reflex configuration of a config `text` (`name` for errors).
+/// Exactly one `value: |` block is expected.
+pub fn embedded_config(text: &str, name: &str) -> Result<EmbeddedConfig> {
+    let lines: Vec<&str> = text.lines().collect();
+    let indent = |l: &str| l.len() - l.trim_start().len();
+    let mut starts = lines
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| l.trim() == "value: |")
+        .map(|(i, _)| i);
+    let start = starts
+        .next()
+        .ok_or_else(|| format!("{name}: no `value: |` block"))?;
+    if starts.next().is_some() {
+        return Err(format!("{name}: more than one `value: |` block"));
+    }
+    let base = indent(lines[start]);
+    let len = lines[start + 1..]
+        .iter()
+        .take_while(|l| l.trim().is_empty() || indent(l) > base)
+        .count();
+    let block = &lines[start + 1..start + 1 + len];
+    let json: Value = serde_json::from_str(&block.join("\n"))
+        .map_err(|e| format!("{name}: embedded reflex config: {e}"))?;
+    Ok(EmbeddedConfig {
+        lines: start + 1..start + 1 + len,
+        indent: block
+            .iter()
+            .find(|l| !l.trim().is_empty())
+            .map_or(base + 2, |l| indent(l)),
+        json,
+    })
+}
+
+/// `text` with its embedded reflex configuration merged with `patch` (objects merge key by key,
+/// see [`reflex_harness::json_merge`]) and written back in place, same indentation.
+pub fn patch_embedded_config(text: &str, name: &str, patch: Value) -> Result<String> {
+    let mut embedded = embedded_config(text, name)?;
+    reflex_harness::json_merge(&mut embedded.json, patch);
+    let rendered = serde_json::to_string_pretty(&embedded.json).map_err(|e| e.to_string())?;
+    let pad = " ".repeat(embedded.indent);
+    let lines: Vec<&str> = text.lines().collect();
+    let mut out: Vec<String> = lines[..embedded.lines.start]
+        .iter()
+        .map(|l| l.to_string())
+        .collect();
+    out.extend(rendered.lines().map(|l| format!("{pad}{l}")));
+    out.extend(lines[embedded.lines.end..].iter().map(|l| l.to_string()));
+    Ok(out.join("\n") + "\n")
 }
 
 /// Writes `bench/results/<name>`; returns the path.
@@ -509,6 +583,23 @@ mod tests {
         assert_eq!(civil_from_days(0), (1970, 1, 1));
         assert_eq!(civil_from_days(19_723), (2024, 1, 1));
         assert_eq!(civil_from_days(19_782), (2024, 2, 29));
+    }
+
+    #[test]
+    fn embedded_config_is_found_and_patched_in_place() {
+        let yaml = "a:\n  value: |\n    {\n      \"version\": 1\n    }\n  vm_config: x\n";
+        let e = embedded_config(yaml, "t").unwrap();
+        assert_eq!((e.lines.clone(), e.indent), (2..5, 4));
+        assert_eq!(e.json, serde_json::json!({"version": 1}));
+        let patched =
+            patch_embedded_config(yaml, "t", serde_json::json!({"control": {"enabled": true}}))
+                .unwrap();
+        assert!(patched.ends_with("  vm_config: x\n"), "{patched}");
+        assert_eq!(
+            embedded_config(&patched, "t").unwrap().json,
+            serde_json::json!({"version": 1, "control": {"enabled": true}})
+        );
+        assert!(embedded_config("a: 1\n", "t").is_err());
     }
 
     #[test]

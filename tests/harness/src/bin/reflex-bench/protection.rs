@@ -15,7 +15,7 @@ use reflex_harness::{Behaviour, Client, Envoy, EnvoyOptions, RequestSpec, Upstre
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use crate::common::{self, Machine, Result};
+use crate::common::{self, percentile, Machine, Result};
 
 #[derive(Debug, Default)]
 pub struct ProtectionArgs {
@@ -343,20 +343,7 @@ fn config_text(def: &ConfigDef, pool: &Pool, wasm: &std::path::Path) -> Result<S
 fn check_embedded_reflex_config() -> Result<()> {
     let path = common::bench_dir().join("configs/protection-reflex.yaml");
     let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let lines: Vec<&str> = text.lines().collect();
-    let indent = |l: &str| l.len() - l.trim_start().len();
-    let start = lines
-        .iter()
-        .position(|l| l.trim() == "value: |")
-        .ok_or("protection-reflex.yaml: no `value: |` block")?;
-    let base = indent(lines[start]);
-    let block: Vec<&str> = lines[start + 1..]
-        .iter()
-        .take_while(|l| l.trim().is_empty() || indent(l) > base)
-        .copied()
-        .collect();
-    let embedded: Value = serde_json::from_str(&block.join("\n"))
-        .map_err(|e| format!("protection-reflex.yaml: embedded reflex config: {e}"))?;
+    let embedded = common::embedded_config(&text, "protection-reflex.yaml")?.json;
     if embedded != common::config_json("reflex-all.json")? {
         return Err(
             "bench/configs/protection-reflex.yaml embeds a reflex configuration that differs from \
@@ -404,18 +391,6 @@ struct Outcome {
     success_by_class_after: BTreeMap<String, f64>,
     envoy_counters: BTreeMap<String, u64>,
     windows: Vec<Window>,
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Option<f64> {
-    if sorted.is_empty() {
-        return None;
-    }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    Some(ms(sorted[rank.clamp(1, sorted.len()) - 1]))
 }
 
 /// Cumulative per-endpoint counts at `t` (the last sample at or before it).
@@ -715,7 +690,10 @@ fn actions(o: &Outcome) -> String {
         ("gradient_controller.rq_blocked", "concurrency rejects"),
         // reflex's own decisions (its retries and per-try timeouts are Envoy's, counted above).
         ("reflex_ejections_total", "reflex ejections"),
-        ("reflex_retries_denied_budget_total", "retries cut by reflex's budget"),
+        (
+            "reflex_retries_denied_budget_total",
+            "retries cut by reflex's budget",
+        ),
         ("reflex_breaker_opened_total", "breaker openings"),
         ("reflex_breaker_rejected_total", "breaker rejects"),
         ("reflex_throttle_rejected_total", "throttled"),
@@ -968,7 +946,11 @@ fn markdown(
         let _ = writeln!(
             md,
             "| target | {} |",
-            configs.iter().map(|c| c.label).collect::<Vec<_>>().join(" | ")
+            configs
+                .iter()
+                .map(|c| c.label)
+                .collect::<Vec<_>>()
+                .join(" | ")
         );
         let _ = writeln!(md, "|---|{}", "---|".repeat(configs.len()));
         for l in targets {
