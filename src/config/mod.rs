@@ -208,6 +208,9 @@ pub struct Config {
     pub role: Role,
     /// Global dry-run: every automatic mechanism decides and reports but does not act.
     pub dry_run: bool,
+    /// When set, responses carry this header listing the refusals a dry-run only counted
+    /// (e.g. `dry-run: circuit-open,overloaded`): what reflex would have done to the request.
+    pub decision_header: Option<String>,
     pub retries: RetriesSection,
     pub circuit_breaker: CircuitBreakerSection,
     pub bulkhead: BulkheadSection,

@@ -29,6 +29,7 @@ pub(super) struct RawConfig {
     role: Role,
     #[serde(default)]
     dry_run: bool,
+    decision_header: Option<String>,
     retries: Option<serde_json::Value>,
     circuit_breaker: Option<serde_json::Value>,
     bulkhead: Option<serde_json::Value>,
@@ -493,6 +494,10 @@ impl RawConfig {
         Ok(Config {
             role: self.role,
             dry_run: self.dry_run,
+            decision_header: self
+                .decision_header
+                .map(|h| header_name("decisionHeader", h))
+                .transpose()?,
             retries: retries::parse(self.retries)?,
             circuit_breaker: guard::parse_circuit_breaker(self.circuit_breaker)?,
             bulkhead: guard::parse_bulkhead(self.bulkhead)?,

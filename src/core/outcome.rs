@@ -65,6 +65,15 @@ impl Observation {
             inferred: false,
         })
     }
+
+    /// An answer that carried `Retry-After` (a 429, say) is the endpoint asking to be left
+    /// alone: scored as a failure, so P2C and the detectors steer away from it.
+    pub fn with_retry_after(mut self, retry_after: bool) -> Observation {
+        if retry_after && self.outcome == Outcome::Success {
+            self.outcome = Outcome::Failure;
+        }
+        self
+    }
 }
 
 #[cfg(test)]
@@ -133,5 +142,13 @@ mod tests {
         for status in [Some(200), Some(500), Some(501), Some(505), Some(429)] {
             assert!(!gateway(status), "{status:?}");
         }
+    }
+
+    #[test]
+    fn retry_after_turns_an_answer_into_a_failure() {
+        let ok = Observation::from_response(Some(429), 0, Some(1.0)).unwrap();
+        assert_eq!(ok.outcome, Outcome::Success);
+        assert_eq!(ok.with_retry_after(true).outcome, Outcome::Failure);
+        assert_eq!(ok.with_retry_after(false).outcome, Outcome::Success);
     }
 }

@@ -339,3 +339,82 @@ fn bulkhead_caps_concurrency_across_workers() {
         Some(report.status(503))
     );
 }
+
+#[test]
+fn client_side_throttling_backs_off_a_destination_that_keeps_rejecting() {
+    let config = r#"{"version": 1, "loadBalancing": {"enabled": false},
+        "clientThrottling": {"enabled": true, "k": 2, "window": "2s"}}"#;
+    let (ups, envoy, addr) = setup(1, 2, false, config);
+    ups[0].set_behaviour(Behaviour::status(429));
+    let report = open(addr, &RequestSpec::get("/work"), 100.0, 4.0);
+    let reached = ups[0].stats().requests;
+    let local = report.sent - reached;
+    eprintln!(
+        "{} sent, {reached} reached the upstream\n{}",
+        report.sent,
+        report.summary()
+    );
+    // Nothing is accepted: the probability climbs towards (n - 0) / (n + 1), so most
+    // requests stay local, and some still go through to notice recovery.
+    assert!(
+        local as f64 > 0.6 * report.sent as f64,
+        "{local} of {}",
+        report.sent
+    );
+    assert!(
+        reached >= 3,
+        "some requests must still probe the destination"
+    );
+    let prom = envoy.prometheus().unwrap();
+    assert_eq!(
+        prometheus_value(&prom, "reflex_throttle_rejected_total"),
+        Some(local)
+    );
+    assert!(prometheus_value(&prom, "reflex_throttle_probability_permille").unwrap() > 600);
+
+    // Recovery: the few requests let through are accepted again and each accept lets more
+    // through: the throttle reopens exponentially, on the scale of its window.
+    ups[0].set_behaviour(Behaviour::ok());
+    let later = eventually(Duration::from_secs(15), || {
+        let r = open(addr, &RequestSpec::get("/work"), 100.0, 1.0);
+        (r.ok() == r.sent).then_some(())
+    });
+    assert!(later.is_some(), "throttling never lifted after recovery");
+}
+
+#[test]
+fn dry_run_decisions_are_explained_in_a_response_header() {
+    let config = r#"{"version": 1, "loadBalancing": {"enabled": false},
+        "decisionHeader": "x-reflex-decision",
+        "bulkhead": {"enabled": true, "dryRun": true, "maxConcurrent": 1}}"#;
+    let (ups, _envoy, addr) = setup(1, 1, false, config);
+    ups[0].set_behaviour(Behaviour::ok().with_latency_ms(200, 0));
+    let report = closed_loop(
+        addr,
+        &RequestSpec::get("/work"),
+        &ClosedLoop {
+            requests: 8,
+            threads: 4,
+            ..Default::default()
+        },
+    );
+    assert_eq!(
+        report.ok(),
+        8,
+        "dry-run must not refuse: {}",
+        report.summary()
+    );
+    assert!(ups[0].stats().max_concurrent > 1);
+    let mut client = Client::new(addr);
+    let explained = (0..3).any(|_| {
+        let slow = std::thread::spawn(move || Client::new(addr).get("/slow", &[]).ok());
+        std::thread::sleep(Duration::from_millis(50));
+        let r = client.get("/work", &[]).unwrap();
+        slow.join().ok();
+        r.header("x-reflex-decision") == Some("dry-run: bulkhead-full")
+    });
+    assert!(
+        explained,
+        "no decision header on a request the bulkhead would have refused"
+    );
+}

@@ -539,8 +539,8 @@ pub fn steered_cluster() -> Value {
 
 /// Route settings (merged into [`ProxyConfig::route`]) as in `envoy/outbound.yaml`: reflex
 /// sets the retry count, conditions and per-try timeout per request through headers; the
-/// route supplies the jittered back-off, waiting out Retry-After, and the previous-hosts
-/// predicate.
+/// route supplies the jittered back-off, waiting out Retry-After, the previous-hosts
+/// predicate and hedging on per-try timeouts.
 pub fn retry_route() -> Value {
     json!({
         "timeout": "15s",
@@ -559,7 +559,8 @@ pub fn retry_route() -> Value {
                 "typed_config": {"@type": "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"}
             }],
             "host_selection_retry_max_attempts": 5
-        }
+        },
+        "hedge_policy": {"hedge_on_per_try_timeout": true}
     })
 }
 

@@ -3,18 +3,21 @@
 //! ```text
 //! ./build.sh bench cost          # builds reflex, the no-op and probe modules, runs this
 //! ./build.sh bench protection
+//! ./build.sh soak [--minutes N]  # not in CI: a long run at steady load, switches toggled
 //! reflex-bench cost [--rounds N] [--secs S] [--connections C] [--no-attribution] [--pin]
 //!                   [--endpoints 1,100,1000] [--wasm out/reflex.wasm] [--envoy PATH] [--label T]
 //! reflex-bench protection [--scenarios a,b] [--configs a,b] [--quick] [--wasm ...] [--label T]
+//! reflex-bench soak [--minutes N] [--rps R] [--wasm ...] [--label T]
 //! ```
 //!
-//! Both are bounded in time, print a Markdown table, and write JSON plus the table into
+//! All are bounded in time, print a Markdown table, and write JSON plus the table into
 //! `bench/results/`. Every process they start (Envoy, upstream threads, wrk) is stopped before
 //! they return, on success or failure.
 
 mod common;
 mod cost;
 mod protection;
+mod soak;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -25,11 +28,15 @@ const USAGE: &str = "\
 usage: reflex-bench cost [--rounds N] [--secs S] [--connections C] [--no-attribution] [--pin]
                          [--endpoints LIST] [--noop PATH] [--probe PATH] [COMMON]
        reflex-bench protection [--scenarios LIST] [--configs LIST] [--quick] [COMMON]
+       reflex-bench soak [--minutes N] [--rps R] [COMMON]
   COMMON: [--wasm PATH] [--envoy PATH] [--label TEXT]
 
   cost         Envoy CPU per request: no wasm / no-op wasm / reflex default / reflex with every
                feature (+ host-call probes), module sizes, wasm memory per VM for N endpoints
   protection   fault scenarios x {round-robin, istio-default, expert, reflex}
+  soak         envoy/outbound.yaml at a steady rate (default 200/s) for N minutes (default 10)
+               while kill and dry-run are toggled through the control endpoint: memory growth
+               and filter-made errors (runs shorter than 10 minutes are published as partial)
   LIST         comma-separated (scenarios: dead,flaky,slow,hang,overload,retry-storm,recovery;
                configs: round-robin,istio-default,expert,reflex; endpoints: e.g. 1,100,1000)
   --quick      protection: shorter phases (for development; not for the published table)
@@ -62,6 +69,7 @@ fn run() -> Result<(), String> {
     let mut wasm = workspace_root().join("out/reflex.wasm");
     let mut cost = cost::CostArgs::new(wasm.clone());
     let mut prot = protection::ProtectionArgs::default();
+    let mut soak = soak::SoakArgs::default();
     let (mut noop, mut probe, mut label) = (None, None, None);
     let mut i = 1;
     while i < args.len() {
@@ -89,6 +97,8 @@ fn run() -> Result<(), String> {
             "--scenarios" => prot.scenarios = Some(list(&value(&args, &mut i)?)),
             "--configs" => prot.configs = Some(list(&value(&args, &mut i)?)),
             "--quick" => prot.quick = true,
+            "--minutes" => soak.minutes = number(&value(&args, &mut i)?, "--minutes")?,
+            "--rps" => soak.rps = number(&value(&args, &mut i)?, "--rps")?,
             "-h" | "--help" => return Err(USAGE.into()),
             other => return Err(format!("unknown argument {other}\n{USAGE}")),
         }
@@ -115,6 +125,11 @@ fn run() -> Result<(), String> {
             prot.wasm = wasm;
             prot.label = label;
             protection::run(&prot)
+        }
+        "soak" => {
+            soak.wasm = wasm;
+            soak.label = label;
+            soak::run(&soak)
         }
         _ => Err(USAGE.into()),
     }

@@ -13,7 +13,7 @@ use reflex_harness::timeline::{start_timeline, RatePhase, Record, TimelineLoad};
 use reflex_harness::upstream::UpstreamOptions;
 use reflex_harness::{Behaviour, Client, Envoy, EnvoyOptions, RequestSpec, Upstream};
 use serde::Serialize;
-use serde_json::{json, Value};
+use serde_json::json;
 
 use crate::common::{self, percentile, Machine, Result};
 
@@ -964,7 +964,9 @@ fn markdown(
 /// success >= 99.9% and goodput >= 90% of capacity. One table row per target.
 fn targets(scenarios: &[Scenario], configs: &[&ConfigDef], outcomes: &[Outcome]) -> Vec<String> {
     type Get = fn(&Outcome) -> Option<f64>;
-    let defs: [(&str, &str, Get, bool, f64, fn(f64) -> String); 4] = [
+    /// Scenario, target text, value, higher is better, threshold, format.
+    type Target = (&'static str, &'static str, Get, bool, f64, fn(f64) -> String);
+    let defs: [Target; 4] = [
         (
             "hang",
             "hang: success from onset ≥ 99.9%",
