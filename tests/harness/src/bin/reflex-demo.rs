@@ -21,6 +21,9 @@ const PHASE_SECS: u64 = 5;
 /// Long enough for an ejection (10 s ± 10% by default) to end and the endpoint to return.
 const RECOVERY_SECS: u64 = 14;
 const STATUS_PATH: &str = "/.reflex/status";
+const CONTROL_PATH: &str = "/.reflex/control";
+/// The demo's control-endpoint token (the shipped config leaves the endpoint off).
+const DEMO_TOKEN: &str = "demo-token-not-for-production";
 
 struct Phase {
     title: &'static str,
@@ -91,6 +94,14 @@ fn run() -> Result<(), String> {
         (9003, ups[2].port()),
     ];
     let yaml = shipped_config("outbound.yaml", &ports, &wasm).map_err(|e| e.to_string())?;
+    // The operator's panel: the shipped config with the local control endpoint turned on.
+    let yaml = yaml.replacen(
+        r#""tickInterval": "1s""#,
+        &format!(
+            r#""tickInterval": "1s", "control": {{"enabled": true, "token": "{DEMO_TOKEN}"}}"#
+        ),
+        1,
+    );
     let mut options = EnvoyOptions::new(yaml);
     options.concurrency = 2;
     options.binary = arg("--envoy").map(PathBuf::from);
@@ -113,21 +124,7 @@ fn run() -> Result<(), String> {
     for phase in &PHASES {
         (phase.apply)(&ups);
         println!("== {}", phase.title);
-        let mut total = LoadReport::default();
-        for second in 1..=phase.secs {
-            let report = open_loop(
-                addr,
-                &RequestSpec::get("/demo"),
-                &OpenLoop {
-                    rps: RPS,
-                    duration: Duration::from_secs(1),
-                    grace: Duration::from_millis(500),
-                    ..Default::default()
-                },
-            );
-            println!("  t+{second}s  {}", progress(&report));
-            total.merge(report);
-        }
+        let total = seconds_of_traffic(addr, phase.secs);
         println!("  clients this phase: {}", client_line(&total));
         println!("  reflex's view now (all workers, from {STATUS_PATH}):");
         for (name, line) in endpoint_states(addr, &names)? {
@@ -136,6 +133,24 @@ fn run() -> Result<(), String> {
         println!();
     }
 
+    println!("== operator: kill switch through the local control endpoint, then normal");
+    println!(
+        "  POST {CONTROL_PATH}/kill -> {}",
+        control(
+            addr,
+            "kill",
+            r#"{"scope": {"all": true}, "body": "maintenance\n"}"#
+        )?
+    );
+    let killed = seconds_of_traffic(addr, 2);
+    println!("  clients while killed: {}", client_line(&killed));
+    println!(
+        "  POST {CONTROL_PATH}/normal -> {}",
+        control(addr, "normal", "")?
+    );
+    let after = seconds_of_traffic(addr, 2);
+    println!("  clients after normal: {}\n", client_line(&after));
+
     let prom = envoy.prometheus().map_err(|e| e.to_string())?;
     println!("reflex metrics (Envoy /stats/prometheus):");
     for line in prom.lines().filter(|l| l.starts_with("reflex_")) {
@@ -143,9 +158,10 @@ fn run() -> Result<(), String> {
     }
     println!(
         "\nreflex steered each request to the better of two endpoints, ejected the dead one within\n\
-         a few requests, starved the slow one, and let u1 back through probes once it recovered.\n\
-         Retry budgets, circuit breaking, admission control and the kill switch are not built yet;\n\
-         the side-by-side comparison with native Envoy is the protection benchmark (bench/)."
+         a few requests (retrying the few that hit it, within the retry budget), starved the slow\n\
+         one, let u1 back through probes once it recovered, and obeyed the operator's kill switch\n\
+         on every worker until `normal`. The side-by-side comparison with native Envoy (retry\n\
+         storms, hangs, overload) is the protection benchmark (bench/)."
     );
     drop(envoy);
     drop(ups);
@@ -211,4 +227,41 @@ fn endpoint_states(
         }
     }
     Ok(states)
+}
+
+/// `secs` seconds of constant-rate traffic, one progress line per second.
+fn seconds_of_traffic(addr: std::net::SocketAddr, secs: u64) -> LoadReport {
+    let mut total = LoadReport::default();
+    for second in 1..=secs {
+        let report = open_loop(
+            addr,
+            &RequestSpec::get("/demo"),
+            &OpenLoop {
+                rps: RPS,
+                duration: Duration::from_secs(1),
+                grace: Duration::from_millis(500),
+                ..Default::default()
+            },
+        );
+        println!("  t+{second}s  {}", progress(&report));
+        total.merge(report);
+    }
+    total
+}
+
+/// One control-endpoint action; its JSON answer on one line.
+fn control(addr: std::net::SocketAddr, action: &str, body: &str) -> Result<String, String> {
+    let auth = format!("Bearer {DEMO_TOKEN}");
+    let r = Client::new(addr)
+        .request(
+            "POST",
+            &format!("{CONTROL_PATH}/{action}"),
+            &[("authorization", auth.as_str())],
+            body.as_bytes(),
+        )
+        .map_err(|e| e.to_string())?;
+    if r.status != 200 {
+        return Err(format!("control {action}: HTTP {} {}", r.status, r.text()));
+    }
+    Ok(format!("{} {}", r.status, r.text().trim()))
 }
