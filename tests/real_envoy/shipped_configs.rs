@@ -64,6 +64,22 @@ fn outbound_config_validates_runs_and_embeds_its_fixture() {
     let doc = status(addr, "/.reflex/status");
     assert_eq!(doc["clusters"][0]["name"], "backend");
     assert_eq!(doc["clusters"][0]["requests"], 6);
+    // The control endpoint is off in the shipped config: its path is ordinary traffic,
+    // answered by the upstream, whatever the request carries.
+    let r = Client::new(addr)
+        .request(
+            "POST",
+            "/.reflex/control/kill",
+            &[("authorization", "Bearer guessed-token-0123456789")],
+            br#"{"scope": {"all": true}}"#,
+        )
+        .unwrap();
+    assert_eq!(r.status, 200);
+    assert!(
+        r.upstream_id().is_some(),
+        "answered by reflex, not the upstream"
+    );
+    assert_eq!(Client::new(addr).get("/", &[]).unwrap().status, 200);
 }
 
 #[test]
