@@ -965,7 +965,14 @@ fn markdown(
 fn targets(scenarios: &[Scenario], configs: &[&ConfigDef], outcomes: &[Outcome]) -> Vec<String> {
     type Get = fn(&Outcome) -> Option<f64>;
     /// Scenario, target text, value, higher is better, threshold, format.
-    type Target = (&'static str, &'static str, Get, bool, f64, fn(f64) -> String);
+    type Target = (
+        &'static str,
+        &'static str,
+        Get,
+        bool,
+        f64,
+        fn(f64) -> String,
+    );
     let defs: [Target; 4] = [
         (
             "hang",
