@@ -523,6 +523,7 @@ pub fn steered_cluster() -> Value {
     json!({
         "lb_policy": null,
         "metadata": {"filter_metadata": {"reflex": {"steering": "override_host"}}},
+        "circuit_breakers": {"thresholds": [{"priority": "DEFAULT", "max_retries": 100000}]},
         "load_balancing_policy": {"policies": [{"typed_extension_config": {
             "name": "envoy.load_balancing_policies.override_host",
             "typed_config": {
