@@ -28,6 +28,10 @@ use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 use std::rc::Rc;
 
+/// Paths a `switches` instance never kills or sheds: the default status and control paths,
+/// so an operator can check and undo a kill on the pod it hit.
+const OPERATOR_PATHS: &str = "/.reflex/";
+
 /// A control request waiting for its body.
 struct PendingControl {
     method: String,
@@ -202,10 +206,12 @@ impl ReflexHttp {
         Metrics::add(metrics.control_requests, 1);
         if !control::authorized(self.header("authorization").as_deref(), &control.token) {
             Metrics::add(metrics.control_unauthorized, 1);
-            warn!(
-                "reflex control: refused a request without a valid token from {}",
-                self.peer().unwrap_or_else(|| "unknown".into())
-            );
+            if self.worker.may_log_refusal(now()) {
+                warn!(
+                    "reflex control: refused a request without a valid token from {} (further refusals for a minute only counted: reflex_control_unauthorized_total)",
+                    self.peer().unwrap_or_else(|| "unknown".into())
+                );
+            }
             self.reply(401, "control-unauthorized", &[], "");
             return true;
         }
@@ -581,6 +587,10 @@ impl HttpContext for ReflexHttp {
             self.worker.renew_switches(now);
             let full_path = self.header(":path").unwrap_or_default();
             let path = properties::path_only(&full_path).to_string();
+            // The operator's endpoints (at their default paths) stay reachable under a kill.
+            if path.starts_with(OPERATOR_PATHS) {
+                return Action::Continue;
+            }
             self.cluster = property(&["xds", "cluster_name"])
                 .as_deref()
                 .and_then(properties::string)
@@ -740,8 +750,10 @@ impl HttpContext for ReflexHttp {
             .and_then(properties::int64)
             .and_then(|f| u64::try_from(f).ok())
             .unwrap_or(0);
-        let observation = Observation::from_response(code, flags, latency_us)
-            .map(|o| o.with_retry_after(self.retry_after));
+        let answer = Observation::from_response(code, flags, latency_us);
+        // A 429 with Retry-After penalises its endpoint in scoring; the breaker and the
+        // admission controller judge the answer as it is.
+        let observation = answer.map(|o| o.with_retry_after(self.retry_after && code == Some(429)));
         if self.admitted {
             let sample = observation
                 .filter(|o| o.outcome != Outcome::Abandoned)
@@ -778,7 +790,7 @@ impl HttpContext for ReflexHttp {
         if let Some((key, destination, start)) = self.guard.take() {
             let policies = Policies::for_cluster(&config, &cluster);
             let done = Finish {
-                outcome: observation.map(|o| o.outcome),
+                outcome: answer.map(|o| o.outcome),
                 status: code,
                 attempts,
             };
@@ -797,7 +809,9 @@ impl HttpContext for ReflexHttp {
                 Ok(None) => {}
                 Err(_) => Metrics::add(metrics.shared_state_errors, 1),
             }
-            Metrics::add(metrics.retries_used, u64::from(attempts.saturating_sub(1)));
+            if policies.retries.enabled {
+                Metrics::add(metrics.retries_used, u64::from(attempts.saturating_sub(1)));
+            }
         }
         if served.is_none() && self.order.is_empty() {
             // No upstream was chosen (no route, no healthy host): nothing to learn.

@@ -44,6 +44,7 @@ pub struct Worker {
     /// Destinations this worker has already listed in shared data.
     remembered: RefCell<HashSet<String>>,
     last_limit_log: Cell<u64>,
+    last_refusal_log: Cell<u64>,
     /// A `switches` instance: its plugin name, when it was configured, its lease length
     /// and when it last renewed.
     plugin_name: RefCell<String>,
@@ -143,6 +144,17 @@ impl Worker {
             Ok(false) => {}
             Err(err) => warn!("reflex switches {name:?}: cannot publish: {err:?}"),
         }
+    }
+
+    /// Whether a refused control request may be logged now: at most once a minute per
+    /// worker, so a flood of bad tokens cannot flood the log (the counter counts them all).
+    pub fn may_log_refusal(&self, now: Instant) -> bool {
+        let last = self.last_refusal_log.get();
+        if last != 0 && now.0.saturating_sub(last) < 60_000 {
+            return false;
+        }
+        self.last_refusal_log.set(now.0);
+        true
     }
 
     /// Logs an admission-limit change, at most once per [`LIMIT_LOG_EVERY_MS`] per worker.

@@ -283,6 +283,12 @@ pub(super) fn section_with_overrides<R: DeserializeOwned>(
     let mut per_cluster = Vec::with_capacity(overrides.len());
     for (cluster, changes) in overrides {
         let at = format!("{path}.clusters.{cluster}");
+        if cluster.is_empty() {
+            return Err(ConfigError::new(
+                &format!("{path}.clusters"),
+                "must not name an empty cluster",
+            ));
+        }
         let Value::Object(changes) = changes else {
             return Err(ConfigError::new(&at, "must be an object"));
         };

@@ -284,6 +284,14 @@ impl Breaker {
 
     /// [`Breaker::admit`], also returning the Open -> HalfOpen transition when this call made
     /// it (for the log line).
+    /// A probe admitted for a request that was then not sent (another guard refused it):
+    /// its slot is free again, so the half-open period is not left waiting for it.
+    pub fn return_probe(&mut self) {
+        if self.state == BreakerState::HalfOpen {
+            self.probes_admitted = self.probes_admitted.saturating_sub(1);
+        }
+    }
+
     pub fn admit_with_transition(
         &mut self,
         now: Instant,

@@ -157,8 +157,6 @@ pub struct Start {
     pub holds_bulkhead: bool,
     /// Retries reserved from the budget (the request may use up to this many).
     pub granted: u32,
-    /// The request asked for retries and the budget gave fewer than it could use.
-    pub budget_denied: bool,
     pub budget_level: f64,
     pub throttle_probability: f64,
     pub transition: Option<BreakerTransition>,
@@ -176,63 +174,92 @@ pub fn start(
     automation: Automation,
 ) -> Result<Start, RecordError> {
     update(store, key, |guard: &mut Guard| {
-        let mut start = Start::default();
-        let breaker = policies.breaker;
-        if breaker.enabled {
-            let (admission, transition) =
-                guard
-                    .breaker
-                    .admit_with_transition(now, &breaker.policy, automation.frozen);
-            start.transition = transition;
-            match admission {
-                Admission::Allowed => {}
-                Admission::Probe => start.probe = true,
-                Admission::Rejected if breaker.dry_run || automation.dry_run => {
-                    start.would_refuse.push(Refusal::BreakerOpen)
-                }
-                Admission::Rejected => {
-                    start.refused = Some(Refusal::BreakerOpen);
-                    return (start, true);
-                }
-            }
-        }
-        let throttling = policies.throttling;
-        if throttling.enabled {
-            start.throttle_probability = guard.throttle.probability(now, &throttling.policy);
-            if guard.throttle.reject(now, &throttling.policy, rng) {
-                if throttling.dry_run || automation.dry_run {
-                    start.would_refuse.push(Refusal::Throttled);
-                } else {
-                    start.refused = Some(Refusal::Throttled);
-                    return (start, true);
-                }
-            }
-        }
-        let bulkhead = policies.bulkhead;
-        if bulkhead.enabled {
-            if guard.bulkhead.try_acquire(now, bulkhead.max_concurrent) {
-                start.holds_bulkhead = true;
-            } else if bulkhead.dry_run || automation.dry_run {
-                start.would_refuse.push(Refusal::BulkheadFull);
-                // Counted anyway, so the dry-run shows the concurrency it would have capped.
-                guard.bulkhead.try_acquire(now, u32::MAX);
-                start.holds_bulkhead = true;
-            } else {
-                start.refused = Some(Refusal::BulkheadFull);
-                return (start, true);
-            }
-        }
-        let retries = policies.retries;
-        if retries.enabled && wants_retries {
-            guard.budget.deposit(now, &retries.budget);
-            start.granted = guard
-                .budget
-                .withdraw(now, &retries.budget, retries.max_retries);
-            start.budget_denied = start.granted < retries.max_retries;
-            start.budget_level = guard.budget.available(now, &retries.budget);
-        }
-        (start, true)
+        let before = *guard;
+        let start = decide(guard, policies, now, rng, wants_retries, automation);
+        // An unchanged value (a closed breaker alone, say) costs no write.
+        let changed = *guard != before;
+        (start, changed)
     })
+}
+
+/// The decisions of [`start`] on one guard value.
+fn decide(
+    guard: &mut Guard,
+    policies: &Policies,
+    now: Instant,
+    rng: &mut impl Rng,
+    wants_retries: bool,
+    automation: Automation,
+) -> Start {
+    let mut start = Start::default();
+    let breaker = policies.breaker;
+    if breaker.enabled {
+        let (admission, transition) =
+            guard
+                .breaker
+                .admit_with_transition(now, &breaker.policy, automation.frozen);
+        start.transition = transition;
+        match admission {
+            Admission::Allowed => {}
+            Admission::Probe => start.probe = true,
+            Admission::Rejected if breaker.dry_run || automation.dry_run => {
+                start.would_refuse.push(Refusal::BreakerOpen)
+            }
+            Admission::Rejected => {
+                start.refused = Some(Refusal::BreakerOpen);
+                return start;
+            }
+        }
+    }
+    // The bulkhead before throttling: a request refused locally for lack of room says
+    // nothing about the destination, so throttling never counts it.
+    let bulkhead = policies.bulkhead;
+    if bulkhead.enabled {
+        if guard.bulkhead.try_acquire(now, bulkhead.max_concurrent) {
+            start.holds_bulkhead = true;
+        } else if bulkhead.dry_run || automation.dry_run {
+            start.would_refuse.push(Refusal::BulkheadFull);
+            // Counted anyway, so the dry-run shows the concurrency it would have capped.
+            guard.bulkhead.try_acquire(now, u32::MAX);
+            start.holds_bulkhead = true;
+        } else {
+            return refuse(guard, start, Refusal::BulkheadFull, now);
+        }
+    }
+    let throttling = policies.throttling;
+    if throttling.enabled {
+        start.throttle_probability = guard.throttle.probability(now, &throttling.policy);
+        if guard.throttle.reject(now, &throttling.policy, rng) {
+            if throttling.dry_run || automation.dry_run {
+                start.would_refuse.push(Refusal::Throttled);
+            } else {
+                return refuse(guard, start, Refusal::Throttled, now);
+            }
+        }
+    }
+    let retries = policies.retries;
+    if retries.enabled && wants_retries {
+        guard.budget.deposit(now, &retries.budget);
+        start.granted = guard
+            .budget
+            .withdraw(now, &retries.budget, retries.max_retries);
+        start.budget_level = guard.budget.available(now, &retries.budget);
+    }
+    start
+}
+
+/// Refuses after the breaker admitted: what the request took so far is given back.
+fn refuse(guard: &mut Guard, mut start: Start, refusal: Refusal, now: Instant) -> Start {
+    if start.probe {
+        guard.breaker.return_probe();
+        start.probe = false;
+    }
+    if start.holds_bulkhead {
+        guard.bulkhead.release(now);
+        start.holds_bulkhead = false;
+    }
+    start.refused = Some(refusal);
+    start
 }
 
 /// How a request that passed the guards ended.
@@ -259,7 +286,9 @@ pub fn finish(
     update(store, key, |guard: &mut Guard| {
         let mut transition = None;
         if policies.breaker.enabled {
-            if let Some(outcome) = finish.outcome {
+            // A probe that says nothing still frees its slot.
+            let outcome = finish.outcome.or(start.probe.then_some(Outcome::Abandoned));
+            if let Some(outcome) = outcome {
                 transition = guard.breaker.record(
                     now,
                     &policies.breaker.policy,
@@ -360,7 +389,7 @@ mod tests {
         let store = MemoryStore::default();
         // 1st request: 0.5 retries available -> none granted.
         let s = run(&store, &c, 1_000, Automation::default());
-        assert_eq!((s.granted, s.budget_denied), (0, true));
+        assert_eq!(s.granted, 0);
         end(&store, &c, 1_001, &s, 200, 1);
         // 2nd: 1.0 available -> one granted; unused, it is refunded.
         let s = run(&store, &c, 1_002, Automation::default());
@@ -402,6 +431,34 @@ mod tests {
         assert_eq!(
             (s.refused, s.would_refuse.clone()),
             (None, vec![Refusal::BreakerOpen])
+        );
+    }
+
+    #[test]
+    fn a_probe_refused_by_the_bulkhead_is_given_back() {
+        let c = config(
+            r#"{"version": 1, "circuitBreaker": {"enabled": true, "minimumRequests": 1,
+                "failureRate": 0.5, "sleepWindow": "1s", "halfOpenProbes": 1},
+                "bulkhead": {"enabled": true, "maxConcurrent": 1}}"#,
+        );
+        let store = MemoryStore::default();
+        let s = run(&store, &c, 1_000, Automation::default());
+        end(&store, &c, 1_000, &s, 503, 1);
+        // Open; one request holds the bulkhead's only slot.
+        let _hold = {
+            let mut g: Guard = load(&store, KEY).unwrap();
+            g.bulkhead.try_acquire(Instant(2_500), 1);
+            store.set(KEY, &g.encode(), None).unwrap();
+        };
+        let refused = run(&store, &c, 2_500, Automation::default());
+        assert_eq!(refused.refused, Some(Refusal::BulkheadFull));
+        assert!(!refused.probe);
+        let g: Guard = load(&store, KEY).unwrap();
+        assert_eq!(g.breaker.probes_admitted, 0, "the probe slot was returned");
+        assert_eq!(
+            g.bulkhead.effective(Instant(2_500)),
+            1,
+            "only the holder's slot"
         );
     }
 

@@ -12,6 +12,7 @@
 use super::codec::{DecodeError, Reader, Writer};
 use super::record::{load, update, Record, RecordError};
 use super::store::SharedStore;
+use crate::config::Millis;
 use crate::control::{apply, Change, ControlError, ControlRequest};
 use crate::core::emergency::{merge, Switches};
 use crate::core::time::Instant;
@@ -19,6 +20,9 @@ use crate::core::time::Instant;
 pub const KEY: &str = "reflex.v2.switches";
 /// At most this many `switches` instances publish at once (extra ones are ignored).
 pub const MAX_PUSHERS: usize = 8;
+/// Copies of one instance configured within this of each other belong to the same
+/// configuration (one per worker); a copy configured earlier still is a draining one.
+pub const SAME_CONFIGURATION: Millis = Millis(2_000);
 /// Switches published by one `switches` instance.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Pushed {
@@ -102,7 +106,9 @@ pub fn push(
         board.pushed.retain(|p| p.until > now || p.name == name);
         let room = board.pushed.len() < MAX_PUSHERS;
         match board.pushed.iter_mut().find(|p| p.name == name) {
-            Some(p) if p.configured_at > configured_at => (false, false),
+            // Workers configure the same instance milliseconds apart: only a copy configured
+            // clearly earlier (a draining one) yields.
+            Some(p) if p.configured_at.0 > configured_at.0 + SAME_CONFIGURATION.0 => (false, false),
             Some(p) => {
                 let changed = p.switches != *switches || p.until <= now;
                 p.switches = switches.clone();
@@ -188,6 +194,36 @@ mod tests {
         assert!(!board
             .effective(&Switches::default(), Instant(3_001))
             .frozen(Instant(3_001)));
+    }
+
+    #[test]
+    fn every_worker_of_one_configuration_renews() {
+        let store = MemoryStore::default();
+        // Worker B configured 1 ms after worker A; A alone keeps seeing traffic.
+        push(
+            &store,
+            "f",
+            &freeze(),
+            Instant(101),
+            Instant(4_000),
+            Instant(101),
+        )
+        .unwrap();
+        for t in (2_000..20_000).step_by(2_000) {
+            push(
+                &store,
+                "f",
+                &freeze(),
+                Instant(100),
+                Instant(t + 4_000),
+                Instant(t),
+            )
+            .unwrap();
+        }
+        assert!(read(&store)
+            .unwrap()
+            .pushed_at(Instant(19_000))
+            .frozen(Instant(19_000)));
     }
 
     #[test]
