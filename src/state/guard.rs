@@ -445,11 +445,9 @@ mod tests {
         let s = run(&store, &c, 1_000, Automation::default());
         end(&store, &c, 1_000, &s, 503, 1);
         // Open; one request holds the bulkhead's only slot.
-        let _hold = {
-            let mut g: Guard = load(&store, KEY).unwrap();
-            g.bulkhead.try_acquire(Instant(2_500), 1);
-            store.set(KEY, &g.encode(), None).unwrap();
-        };
+        let mut g: Guard = load(&store, KEY).unwrap();
+        g.bulkhead.try_acquire(Instant(2_500), 1);
+        store.set(KEY, &g.encode(), None).unwrap();
         let refused = run(&store, &c, 2_500, Automation::default());
         assert_eq!(refused.refused, Some(Refusal::BulkheadFull));
         assert!(!refused.probe);
