@@ -207,7 +207,7 @@ struct Sample {
     memory_heap_size: Option<u64>,
     shared_state_errors: u64,
     reflex_requests: u64,
-    /// Every stat with `wasm` in its name (Envoy's wasm runtime statistics).
+    /// Envoy's wasm runtime statistics (`wasm.*`; reflex's own metrics are `wasmcustom.*`).
     wasm_stats: BTreeMap<String, u64>,
 }
 
@@ -234,7 +234,7 @@ fn sample(envoy: &Envoy, t: Duration) -> Result<Sample> {
         reflex_requests: ending("reflex_requests_total"),
         wasm_stats: stats
             .iter()
-            .filter(|(k, _)| k.contains("wasm"))
+            .filter(|(k, _)| k.starts_with("wasm."))
             .map(|(k, v)| (k.clone(), *v))
             .collect(),
     })
@@ -928,8 +928,10 @@ fn markdown(
          reflex's shared endpoint table and switches live in Envoy's shared-data store, \
          outside linear memory: they count in RSS and heap.\n",
         if summary.wasm_memory_stats.is_empty() {
-            "Envoy's own wasm statistics count VMs (created, active), not bytes, so linear \
-             memory is measured from the process; RSS covers everything else."
+            "Envoy's own wasm statistics (`wasm.*`: `wasm.wasm_vm_count`, \
+             `wasm.envoy.wasm.runtime.v8.active`/`created`, reload and remote-load counters) \
+             count VMs, not bytes, so linear memory is measured from the process; RSS covers \
+             everything else."
                 .to_string()
         } else {
             format!(
