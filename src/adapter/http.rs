@@ -754,9 +754,14 @@ impl HttpContext for ReflexHttp {
         // A 429 with Retry-After penalises its endpoint in scoring; the breaker and the
         // admission controller judge the answer as it is.
         let observation = answer.map(|o| o.with_retry_after(self.retry_after && code == Some(429)));
+        let served = property(&["upstream", "address"]);
+        let served = served.as_deref().and_then(properties::string);
+        let attempts = self.attempts(served);
         if self.admitted {
+            // A retried request's latency includes a failed attempt (a per-try timeout on a
+            // hanging endpoint, say): it measures that endpoint, not the load.
             let sample = observation
-                .filter(|o| o.outcome != Outcome::Abandoned)
+                .filter(|o| o.outcome != Outcome::Abandoned && attempts == 1)
                 .and(latency_us)
                 .map(|us| us / 1_000.0);
             match admission::finish(
@@ -784,9 +789,6 @@ impl HttpContext for ReflexHttp {
         }) else {
             return;
         };
-        let served = property(&["upstream", "address"]);
-        let served = served.as_deref().and_then(properties::string);
-        let attempts = self.attempts(served);
         if let Some((key, destination, start)) = self.guard.take() {
             let policies = Policies::for_cluster(&config, &cluster);
             let done = Finish {

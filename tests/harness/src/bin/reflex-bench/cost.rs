@@ -153,7 +153,9 @@ fn variants(args: &CostArgs, reflex_all: &str) -> Vec<Variant> {
         },
         Variant {
             key: "reflex-all",
-            label: "(d) reflex, every feature (`bench/configs/reflex-all.json`)".into(),
+            label:
+                "(d) reflex, every feature (`bench/configs/reflex-all.json`, admission in dry-run)"
+                    .into(),
             group: Group::Main,
             calls: REFLEX_ALL_CALLS,
             filter: Some(wasm_filter(&args.wasm, "reflex", Some(reflex_all))),
@@ -578,7 +580,11 @@ pub fn run(args: &CostArgs) -> Result<()> {
         }
     }
     let machine = Machine::probe(&args.wasm, args.label.as_deref());
-    let reflex_all = common::config_json("reflex-all.json")?;
+    let mut reflex_all = common::config_json("reflex-all.json")?;
+    // Every feature runs, but admission only decides (dry-run): wrk's closed loop drives
+    // Envoy to saturation on purpose, where enforcing admission would answer most requests
+    // locally and the figure would be the cost of a local reply, not of a request.
+    reflex_all["admission"]["dryRun"] = serde_json::Value::Bool(true);
     let reflex_all_text = serde_json::to_string(&reflex_all).map_err(|e| e.to_string())?;
     let variants = variants(args, &reflex_all_text);
 
