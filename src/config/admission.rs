@@ -120,22 +120,25 @@ struct RawAdmission {
 }
 
 impl Default for RawAdmission {
+    /// The controller's defaults are [`LimiterPolicy::default`]'s, written once there.
     fn default() -> Self {
+        let p = LimiterPolicy::default();
         RawAdmission {
             enabled: false,
             dry_run: false,
-            controller: "gradient".into(),
-            initial_limit: 20,
-            min_limit: 4,
-            max_limit: 1000,
-            window: Millis(250),
-            smoothing: 0.2,
-            tolerance: 1.0,
-            headroom: 0.5,
-            // 60 windows that measured a no-load latency (busy windows do not count): at
-            // least 15 s at the default window, enough to ride out a quiet spell's noise,
-            // short enough to follow a slower deploy.
-            no_load_windows: 60,
+            controller: match p.controller {
+                Controller::Gradient => "gradient",
+                Controller::Aimd => "aimd",
+            }
+            .into(),
+            initial_limit: u64::from(p.initial_limit),
+            min_limit: u64::from(p.min_limit),
+            max_limit: u64::from(p.max_limit),
+            window: p.window,
+            smoothing: p.smoothing,
+            tolerance: p.tolerance,
+            headroom: p.headroom,
+            no_load_windows: u64::from(p.no_load_windows),
             aimd: RawAimd::default(),
             priority: RawPriority::default(),
             reject: RawReject::default(),
@@ -154,9 +157,10 @@ struct RawAimd {
 
 impl Default for RawAimd {
     fn default() -> Self {
+        let p = LimiterPolicy::default();
         RawAimd {
-            backoff: 0.9,
-            target: None,
+            backoff: p.aimd_backoff,
+            target: p.aimd_target,
         }
     }
 }
@@ -173,11 +177,12 @@ struct RawPriority {
 
 impl Default for RawPriority {
     fn default() -> Self {
+        let shares = PriorityShares::default();
         RawPriority {
             header: "x-reflex-priority".into(),
-            critical_share: 2.0,
-            default_share: 0.9,
-            sheddable_share: 0.75,
+            critical_share: shares.critical,
+            default_share: shares.default,
+            sheddable_share: shares.sheddable,
             routes: Vec::new(),
         }
     }

@@ -148,6 +148,9 @@ impl Default for LimiterPolicy {
             window: Millis(250),
             smoothing: 0.2,
             tolerance: 1.0,
+            // 60 windows that measured a no-load latency (busy windows do not count): at
+            // least 15 s at the default window, enough to ride out a quiet spell's noise,
+            // short enough to follow a slower deploy.
             no_load_windows: 60,
             aimd_backoff: 0.9,
             aimd_target: None,

@@ -49,9 +49,7 @@ fn out_of_range_value_is_rejected_naming_the_rule() {
 #[test]
 fn invalid_update_is_rejected_and_previous_config_keeps_serving() {
     let ups = upstreams(1);
-    let dir = std::env::temp_dir().join(format!("reflex-lds-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let lds = dir.join("lds.json");
+    let lds = lds_path("lds");
     let port = free_port();
     let good = r#"{"version": 1, "status": {"enabled": true, "path": "/first"}}"#;
     publish(
@@ -132,7 +130,9 @@ fn invalid_update_is_rejected_and_previous_config_keeps_serving() {
         stop.store(true, Ordering::Relaxed);
         (load.join().unwrap(), ())
     });
-    let _ = std::fs::remove_dir_all(&dir);
+    if let Some(dir) = lds.parent() {
+        let _ = std::fs::remove_dir_all(dir);
+    }
     assert!(report.sent > 0);
     assert_eq!(
         report.ok(),

@@ -253,9 +253,7 @@ fn switches_expire_by_themselves() {
 #[test]
 fn pushed_switches_apply_on_every_worker_and_lapse_when_their_instance_goes() {
     let ups = upstreams(1);
-    let dir = std::env::temp_dir().join(format!("reflex-switches-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let lds = dir.join("lds.json");
+    let lds = lds_path("switches");
     let port = free_port();
     let main = reflex_filter(r#"{"version": 1, "tickInterval": "250ms"}"#);
     publish(&lds, &lds_document(port, ups[0].addr(), vec![main.clone()]));
@@ -309,4 +307,7 @@ fn pushed_switches_apply_on_every_worker_and_lapse_when_their_instance_goes() {
     });
     eprintln!("pushed kill lifted {took:?} after the config was written");
     assert!(took < Duration::from_secs(3), "{took:?}");
+    if let Some(dir) = lds.parent() {
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }

@@ -128,3 +128,10 @@ pub fn start_with_lds(upstreams: &[SocketAddr], lds: &std::path::Path, workers: 
     }});
     start(bootstrap.to_string(), workers)
 }
+
+/// A fresh path for an LDS file of the test called `name`.
+pub fn lds_path(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("reflex-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join("lds.json")
+}
