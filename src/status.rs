@@ -4,7 +4,7 @@
 use crate::config::Config;
 use crate::core::time::Instant;
 use crate::state::admission::AdmissionState;
-use crate::state::guard::{Guard, Policies};
+use crate::state::guard::{self, Guard, Policies};
 use crate::state::table::{EndpointSnapshot, TableSnapshot};
 use serde::Serialize;
 use serde_json::{json, Map, Value};
@@ -120,8 +120,7 @@ pub fn guards(
     let mut breakers = Vec::new();
     let mut budgets = Vec::new();
     for (name, guard) in destinations {
-        let cluster = name.split('\u{1f}').next().unwrap_or(name);
-        let policies = Policies::for_cluster(config, cluster);
+        let policies = Policies::for_cluster(config, guard::cluster_of(name));
         if policies.breaker.enabled {
             let b = &guard.breaker;
             let reason = b.reason.map(|r| match r {
@@ -138,7 +137,7 @@ pub fn guards(
                 crate::core::breaker::BreakerReason::ProbeFailed => "half-open probe failed".into(),
             });
             breakers.push(json!({
-                "destination": name.replace('\u{1f}', " route "),
+                "destination": guard::display(name),
                 "state": b.state.name(),
                 "since": rfc3339(b.since),
                 "reason": reason,
@@ -147,7 +146,7 @@ pub fn guards(
         }
         if policies.retries.enabled {
             budgets.push(json!({
-                "destination": name.replace('\u{1f}', " route "),
+                "destination": guard::display(name),
                 "available": (guard.budget.available(now, &policies.retries.budget) * 10.0).round() / 10.0,
                 "bulkheadInFlight": guard.bulkhead.effective(now),
             }));

@@ -45,3 +45,11 @@ pub fn now() -> Instant {
 pub fn property(path: &[&str]) -> Option<Vec<u8>> {
     hostcalls::get_property(path.to_vec()).ok().flatten()
 }
+
+/// A string property; absent, empty or not UTF-8 are all `None`.
+pub fn string_property(path: &[&str]) -> Option<String> {
+    property(path)
+        .as_deref()
+        .and_then(crate::properties::string)
+        .map(str::to_string)
+}

@@ -6,7 +6,7 @@
 //! back and its outcome recorded. Each decision is the core's; this file moves facts in and
 //! answers out.
 
-use super::host::{now, now_us, property, HostStore};
+use super::host::{now, now_us, property, string_property, HostStore};
 use super::metrics::Metrics;
 use super::root::Worker;
 use super::transitions;
@@ -118,10 +118,7 @@ impl ReflexHttp {
     }
 
     fn peer(&self) -> Option<String> {
-        property(&["source", "address"])
-            .as_deref()
-            .and_then(properties::string)
-            .map(str::to_string)
+        string_property(&["source", "address"])
     }
 
     fn is_status_request(&self, config: &Config, path: &str) -> bool {
@@ -379,6 +376,7 @@ impl ReflexHttp {
         &mut self,
         config: &Config,
         policies: &Policies,
+        route: Option<&str>,
         eligibility: Eligibility,
         metrics: &Metrics,
         now: Instant,
@@ -387,17 +385,11 @@ impl ReflexHttp {
             return false;
         };
         let route = match policies.breaker.scope {
-            crate::config::BreakerScope::Route => property(&["xds", "route_name"])
-                .as_deref()
-                .and_then(properties::string)
-                .map(str::to_string),
+            crate::config::BreakerScope::Route => route,
             crate::config::BreakerScope::Cluster => None,
         };
-        let key = guard::key(&cluster, route.as_deref());
-        let destination = match &route {
-            Some(r) => format!("{cluster}\u{1f}{r}"),
-            None => cluster,
-        };
+        let destination = guard::destination(&cluster, route);
+        let key = guard::key(&destination);
         self.worker
             .remember(&destination, config.endpoints.max_clusters);
         let wants_retries = eligibility == Eligibility::Eligible;
@@ -591,10 +583,7 @@ impl HttpContext for ReflexHttp {
             if path.starts_with(OPERATOR_PATHS) {
                 return Action::Continue;
             }
-            self.cluster = property(&["xds", "cluster_name"])
-                .as_deref()
-                .and_then(properties::string)
-                .map(str::to_string);
+            self.cluster = string_property(&["xds", "cluster_name"]);
             let priority = config.admission.priority.classify(
                 self.header(&config.admission.priority.header).as_deref(),
                 &path,
@@ -623,10 +612,7 @@ impl HttpContext for ReflexHttp {
         if config.control.enabled && self.control_request(&config, path, end_of_stream) {
             return Action::Pause;
         }
-        self.cluster = property(&["xds", "cluster_name"])
-            .as_deref()
-            .and_then(properties::string)
-            .map(str::to_string);
+        self.cluster = string_property(&["xds", "cluster_name"]);
         let switches = match switchboard::read(&HostStore) {
             Ok(board) => board.effective(&self.worker.own_switches(), now),
             Err(_) => {
@@ -651,14 +637,18 @@ impl HttpContext for ReflexHttp {
         let cluster = self.cluster.clone().unwrap_or_default();
         let policies = Policies::for_cluster(&config, &cluster);
         let method = self.header(":method").unwrap_or_default();
-        let route = property(&["xds", "route_name"])
-            .as_deref()
-            .and_then(properties::string)
-            .map(str::to_string);
+        let route = string_property(&["xds", "route_name"]);
         let eligibility = policies.retries.plan(&method, path, route.as_deref());
         if self.cluster.is_some()
             && policies.any()
-            && self.guard(&config, &policies, eligibility, &metrics, now)
+            && self.guard(
+                &config,
+                &policies,
+                route.as_deref(),
+                eligibility,
+                &metrics,
+                now,
+            )
         {
             return Action::Pause;
         }
@@ -753,7 +743,7 @@ impl HttpContext for ReflexHttp {
         let answer = Observation::from_response(code, flags, latency_us);
         // A 429 with Retry-After penalises its endpoint in scoring; the breaker and the
         // admission controller judge the answer as it is.
-        let observation = answer.map(|o| o.with_retry_after(self.retry_after && code == Some(429)));
+        let observation = answer.map(|o| o.with_retry_after(code, self.retry_after));
         let served = property(&["upstream", "address"]);
         let served = served.as_deref().and_then(properties::string);
         let attempts = self.attempts(served);
@@ -781,12 +771,11 @@ impl HttpContext for ReflexHttp {
                 Err(_) => Metrics::add(metrics.shared_state_errors, 1),
             }
         }
-        let Some(cluster) = self.cluster.clone().or_else(|| {
-            property(&["xds", "cluster_name"])
-                .as_deref()
-                .and_then(properties::string)
-                .map(str::to_string)
-        }) else {
+        let Some(cluster) = self
+            .cluster
+            .clone()
+            .or_else(|| string_property(&["xds", "cluster_name"]))
+        else {
             return;
         };
         if let Some((key, destination, start)) = self.guard.take() {

@@ -3,7 +3,7 @@
 //! request. A `switches` instance (the Istio emergency manifests) decides nothing itself but
 //! its own kill and shed, and publishes its switches while requests flow through it.
 
-use super::host::{now, now_us, property, HostStore};
+use super::host::{now, now_us, string_property, HostStore};
 use super::http::ReflexHttp;
 use super::metrics::Metrics;
 use super::transitions;
@@ -13,7 +13,6 @@ use crate::core::emergency::Switches;
 use crate::core::latency_quantile::LatencyQuantile;
 use crate::core::rng::SplitMix64;
 use crate::core::time::Instant;
-use crate::properties;
 use crate::state::guard::{self, Destinations, Guard};
 use crate::state::record::{load, RecordError};
 use crate::state::{admission, switchboard, Automation, EndpointTable};
@@ -108,11 +107,7 @@ impl Worker {
         list.0
             .into_iter()
             .map(|d| {
-                let (cluster, route) = match d.split_once('\u{1f}') {
-                    Some((c, r)) => (c.to_string(), Some(r.to_string())),
-                    None => (d.clone(), None),
-                };
-                let value: Guard = load(&HostStore, &guard::key(&cluster, route.as_deref()))?;
+                let value: Guard = load(&HostStore, &guard::key(&d))?;
                 Ok((d, value))
             })
             .collect()
@@ -290,11 +285,8 @@ impl RootContext for ReflexRoot {
                 let tick = Duration::from_millis(config.tick_interval.0);
                 self.set_tick_period(tick);
                 let now = now();
-                *self.worker.plugin_name.borrow_mut() = property(&["plugin_name"])
-                    .as_deref()
-                    .and_then(properties::string)
-                    .unwrap_or("reflex")
-                    .to_string();
+                *self.worker.plugin_name.borrow_mut() =
+                    string_property(&["plugin_name"]).unwrap_or_else(|| "reflex".to_string());
                 self.worker.configured_at.set(now);
                 self.worker
                     .lease

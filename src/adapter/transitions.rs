@@ -101,7 +101,7 @@ fn detector_index(detector: Detector) -> usize {
 
 /// A breaker transition of `destination`: one log line and the matching counter.
 pub fn breaker(metrics: &Metrics, destination: &str, t: &BreakerTransition, dry_run: bool) {
-    let destination = destination.replace('\u{1f}', " route ");
+    let destination = crate::state::guard::display(destination);
     let reason = t
         .reason
         .map_or(String::new(), |r| format!(" ({})", r.name()));

@@ -66,10 +66,11 @@ impl Observation {
         })
     }
 
-    /// An answer that carried `Retry-After` (a 429, say) is the endpoint asking to be left
-    /// alone: scored as a failure, so P2C and the detectors steer away from it.
-    pub fn with_retry_after(mut self, retry_after: bool) -> Observation {
-        if retry_after && self.outcome == Outcome::Success {
+    /// A 429 that carried `Retry-After` is the endpoint asking to be left alone: scored as a
+    /// failure, so P2C and the detectors steer away from it (a 503 already is one; other
+    /// statuses with `Retry-After`, a 202 to poll later say, are not refusals).
+    pub fn with_retry_after(mut self, status: Option<u64>, retry_after: bool) -> Observation {
+        if retry_after && status == Some(429) && self.outcome == Outcome::Success {
             self.outcome = Outcome::Failure;
         }
         self
@@ -148,7 +149,18 @@ mod tests {
     fn retry_after_turns_an_answer_into_a_failure() {
         let ok = Observation::from_response(Some(429), 0, Some(1.0)).unwrap();
         assert_eq!(ok.outcome, Outcome::Success);
-        assert_eq!(ok.with_retry_after(true).outcome, Outcome::Failure);
-        assert_eq!(ok.with_retry_after(false).outcome, Outcome::Success);
+        assert_eq!(
+            ok.with_retry_after(Some(429), true).outcome,
+            Outcome::Failure
+        );
+        assert_eq!(
+            ok.with_retry_after(Some(429), false).outcome,
+            Outcome::Success
+        );
+        let accepted = Observation::from_response(Some(202), 0, Some(1.0)).unwrap();
+        assert_eq!(
+            accepted.with_retry_after(Some(202), true).outcome,
+            Outcome::Success
+        );
     }
 }

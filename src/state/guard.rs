@@ -73,13 +73,35 @@ impl<'a> Policies<'a> {
     }
 }
 
-/// The shared-data key of a destination: the cluster, or cluster and route when breakers
-/// are per route (then every guard of the destination is per route).
-pub fn key(cluster: &str, route: Option<&str>) -> String {
+/// Separates cluster and route in a destination's name (a character neither can contain).
+const ROUTE_SEPARATOR: char = '\u{1f}';
+
+/// The name of a guarded destination: the cluster, or cluster and route when breakers are
+/// per route (then every guard of the destination is per route). The shared list of
+/// destinations and the keys hold this name.
+pub fn destination(cluster: &str, route: Option<&str>) -> String {
     match route {
-        Some(route) => keyed("guard", &format!("{cluster}\u{1f}{route}")),
-        None => keyed("guard", cluster),
+        Some(route) => format!("{cluster}{ROUTE_SEPARATOR}{route}"),
+        None => cluster.to_string(),
     }
+}
+
+/// The cluster a destination belongs to (its policies are the cluster's).
+pub fn cluster_of(destination: &str) -> &str {
+    destination
+        .split(ROUTE_SEPARATOR)
+        .next()
+        .unwrap_or(destination)
+}
+
+/// A destination as operators read it: `cluster` or `cluster route name`.
+pub fn display(destination: &str) -> String {
+    destination.replace(ROUTE_SEPARATOR, " route ")
+}
+
+/// The shared-data key of a destination's guard value.
+pub fn key(destination: &str) -> String {
+    keyed("guard", destination)
 }
 
 /// The destinations that have a guard value, for the status document and the gauges.
@@ -487,7 +509,12 @@ mod tests {
 
     #[test]
     fn routes_get_their_own_key() {
-        assert_ne!(key("c", Some("r")), key("c", None));
-        assert_eq!(key("c", None), KEY);
+        assert_ne!(
+            key(&destination("c", Some("r"))),
+            key(&destination("c", None))
+        );
+        assert_eq!(key(&destination("c", None)), KEY);
+        assert_eq!(cluster_of(&destination("c", Some("r"))), "c");
+        assert_eq!(display(&destination("c", Some("r"))), "c route r");
     }
 }

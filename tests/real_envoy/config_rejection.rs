@@ -59,13 +59,7 @@ fn invalid_update_is_rejected_and_previous_config_keeps_serving() {
 
     let envoy = start_with_lds(&addrs(&ups), &lds, 2);
     let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
-    envoy
-        .wait_for_stat(
-            "listener_manager.lds.update_success",
-            |v| v >= 1,
-            Duration::from_secs(10),
-        )
-        .unwrap();
+    wait_for_lds_updates(&envoy, 1);
 
     // Traffic flows during both updates; not one request may fail.
     let stop = AtomicBool::new(false);
@@ -114,13 +108,7 @@ fn invalid_update_is_rejected_and_previous_config_keeps_serving() {
             &lds,
             &lds_document(port, ups[0].addr(), vec![reflex_filter(newer)]),
         );
-        envoy
-            .wait_for_stat(
-                "listener_manager.lds.update_success",
-                |v| v >= 2,
-                Duration::from_secs(10),
-            )
-            .unwrap();
+        wait_for_lds_updates(&envoy, 2);
         let served = eventually(Duration::from_secs(5), || {
             let r = reflex_harness::Client::new(addr).get("/second", &[]).ok()?;
             (r.status == 200 && r.upstream_id().is_none()).then_some(())

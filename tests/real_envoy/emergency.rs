@@ -258,13 +258,7 @@ fn pushed_switches_apply_on_every_worker_and_lapse_when_their_instance_goes() {
     let main = reflex_filter(r#"{"version": 1, "tickInterval": "250ms"}"#);
     publish(&lds, &lds_document(port, ups[0].addr(), vec![main.clone()]));
     let envoy = start_with_lds(&addrs(&ups), &lds, 4);
-    envoy
-        .wait_for_stat(
-            "listener_manager.lds.update_success",
-            |v| v >= 1,
-            Duration::from_secs(10),
-        )
-        .unwrap();
+    wait_for_lds_updates(&envoy, 1);
     let addr: SocketAddr = ([127, 0, 0, 1], port).into();
     assert!(statuses(addr, 20, &[]).iter().all(|s| *s == 200));
 

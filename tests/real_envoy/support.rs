@@ -135,3 +135,14 @@ pub fn lds_path(name: &str) -> std::path::PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     dir.join("lds.json")
 }
+
+/// Waits until Envoy has accepted `n` LDS updates (the first is the initial listener).
+pub fn wait_for_lds_updates(envoy: &Envoy, n: u64) {
+    envoy
+        .wait_for_stat(
+            "listener_manager.lds.update_success",
+            |v| v >= n,
+            Duration::from_secs(10),
+        )
+        .unwrap();
+}
