@@ -1384,11 +1384,26 @@ def check_wasm_image(ctx: Ctx):
            f"the wasm image must be FROM scratch with /plugin.wasm only: {instr}")
 
 
+def default_crds() -> str:
+    """Istio's CRDs live in `shared/istio/crds` beside the checkout; a clone made elsewhere
+    (`git clone . /tmp/fresh`) finds them beside the repository it was cloned from."""
+    roots = [ROOT.parent]
+    try:
+        origin = subprocess.run(["git", "-C", str(ROOT), "remote", "get-url", "origin"],
+                                capture_output=True, text=True, timeout=10).stdout.strip()
+        if origin and Path(origin).is_dir():
+            roots.append(Path(origin).resolve().parent)
+    except (OSError, subprocess.SubprocessError):
+        pass
+    candidates = [r / "shared" / "istio" / "crds" for r in roots]
+    return str(next((c for c in candidates if c.is_dir()), candidates[0]))
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--envoy", required=True)
     ap.add_argument("--wasm", required=True)
-    ap.add_argument("--crds", default=str(ROOT.parent / "shared" / "istio" / "crds"))
+    ap.add_argument("--crds", default=default_crds())
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
     args = ap.parse_args()
     t0 = time.monotonic()
