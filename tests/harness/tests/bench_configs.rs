@@ -64,3 +64,48 @@ fn reflex_config_embeds_reflex_all_json() {
         "protection-reflex.yaml must embed reflex-all.json"
     );
 }
+
+/// The YAML block that starts at the first line equal to `head` (trimmed) and whose next
+/// line is `next` (trimmed), without comment lines, each line stripped of the block's
+/// indentation. Enough to compare two hand-written configs where the block is written alike.
+fn block(yaml: &str, head: &str, next: &str) -> Vec<String> {
+    let lines: Vec<&str> = yaml.lines().collect();
+    let indent = |l: &str| l.len() - l.trim_start().len();
+    let start = lines
+        .windows(2)
+        .position(|w| w[0].trim() == head && w[1].trim() == next)
+        .unwrap_or_else(|| panic!("no `{head}` block followed by `{next}`"));
+    let base = indent(lines[start]);
+    std::iter::once(lines[start])
+        .chain(
+            lines[start + 1..]
+                .iter()
+                .copied()
+                .filter(|l| !l.trim().is_empty())
+                .take_while(|l| indent(l) > base),
+        )
+        .filter(|l| !l.trim_start().starts_with('#'))
+        .map(|l| l[base..].to_string())
+        .collect()
+}
+
+/// The benchmark's reflex column must measure reflex as it ships: the same route (timeout,
+/// retry policy that supplies back-off and host selection, hedging on per-try timeout) and
+/// the same cap on concurrent retries as envoy/outbound.yaml. A route that drifted once
+/// (no hedging) turned per-try timeouts of queued requests into 504s in the overload run.
+#[test]
+fn reflex_config_routes_like_the_shipped_outbound_config() {
+    let root = workspace_root();
+    let shipped = fs::read_to_string(root.join("envoy/outbound.yaml")).unwrap();
+    let bench = fs::read_to_string(root.join("bench/configs/protection-reflex.yaml")).unwrap();
+    for (head, next) in [
+        ("route:", "cluster: backend"),
+        ("circuit_breakers:", "thresholds:"),
+    ] {
+        assert_eq!(
+            block(&bench, head, next),
+            block(&shipped, head, next),
+            "bench/configs/protection-reflex.yaml's `{head}` differs from envoy/outbound.yaml's"
+        );
+    }
+}

@@ -410,7 +410,10 @@ fn load_generators_report_statuses_and_upstreams() {
     assert!(report.status(500) > 5);
     assert_eq!(report.latencies.len(), 200);
     assert!(report.percentile(50.0) <= report.percentile(99.0));
-    assert_eq!(u.stats().connections, 4);
+    // One keep-alive connection per thread that got work, never one per request (a thread
+    // that starts late may find the 200 requests already taken: CI saw 1 of 4).
+    let connections = u.stats().connections;
+    assert!((1..=4).contains(&connections), "{connections} connections");
 
     u.set_behaviour(Behaviour::ok().with_latency_ms(20, 0));
     let t = Instant::now();
