@@ -1,7 +1,12 @@
-//! reflex's Prometheus metrics, defined once per VM. Envoy keeps custom wasm metrics in the
+//! reflex's Prometheus metrics, defined when a configuration is accepted. Envoy keeps custom wasm metrics in the
 //! `wasmcustom` stat namespace and exports them without prefix on `/stats/prometheus`, so the
 //! names below are what an SRE queries. Counters end in `_total`. Envoy's wasm ABI has no
-//! labels, so per-detector counts are separate names.
+//! labels, so per-detector counts are separate names. Configured `metrics.tags` are encoded
+//! into every name as `tag=.=value;.;` (Istio's convention), right after `reflex_` so that
+//! the name still starts with it (stats inclusion lists match `wasmcustom.reflex_`):
+//! `reflex_direction=.=inbound;.;requests_total`. A bootstrap `stats_tags` entry with the
+//! regex `(direction=\.=(.*?);\.;)` (what Istio's `extraStatTags` generates) removes the
+//! tag from the name and makes it a Prometheus label: `reflex_requests_total{direction=...}`.
 
 use crate::core::outlier::Detector;
 use proxy_wasm::hostcalls;
@@ -95,9 +100,18 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub fn define() -> Result<Metrics, Status> {
-        let counter = |name: &str| hostcalls::define_metric(MetricType::Counter, name);
-        let gauge = |name: &str| hostcalls::define_metric(MetricType::Gauge, name);
+    /// Defines (or, on a reconfiguration with the same tags, looks up) every metric.
+    pub fn define(tags: &[(String, String)]) -> Result<Metrics, Status> {
+        let encoded: String = tags
+            .iter()
+            .map(|(name, value)| format!("{name}=.={value};.;"))
+            .collect();
+        let tagged = |name: &str| match name.strip_prefix("reflex_") {
+            Some(rest) => format!("reflex_{encoded}{rest}"),
+            None => format!("{encoded}{name}"),
+        };
+        let counter = |name: &str| hostcalls::define_metric(MetricType::Counter, &tagged(name));
+        let gauge = |name: &str| hostcalls::define_metric(MetricType::Gauge, &tagged(name));
         let by_detector = |d: Detector| counter(&format!("reflex_ejections_{}_total", d.name()));
         Ok(Metrics {
             requests: counter("reflex_requests_total")?,

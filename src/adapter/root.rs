@@ -266,22 +266,21 @@ impl ReflexRoot {
 impl RootContext for ReflexRoot {
     fn on_vm_start(&mut self, _vm_configuration_size: usize) -> bool {
         info!("reflex {} ({}) starting", crate::VERSION, crate::GIT_SHA);
-        match Metrics::define() {
-            Ok(metrics) => {
-                self.metrics = Some(metrics);
-                true
-            }
-            Err(status) => {
-                error!("reflex: cannot define metrics: {status:?}");
-                false
-            }
-        }
+        true
     }
 
     fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
         let bytes = self.get_plugin_configuration().unwrap_or_default();
         match Config::parse(&bytes) {
             Ok(config) => {
+                // Defined here, not at VM start: the names carry the configured tags.
+                match Metrics::define(&config.metric_tags) {
+                    Ok(metrics) => self.metrics = Some(metrics),
+                    Err(status) => {
+                        error!("reflex: cannot define metrics: {status:?}");
+                        return false;
+                    }
+                }
                 let tick = Duration::from_millis(config.tick_interval.0);
                 self.set_tick_period(tick);
                 let now = now();

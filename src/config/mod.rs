@@ -200,7 +200,7 @@ pub enum Role {
 }
 
 /// Top-level fields a `switches` instance may carry.
-const SWITCHES_FIELDS: [&str; 4] = ["version", "role", "emergency", "tickInterval"];
+const SWITCHES_FIELDS: [&str; 5] = ["version", "role", "emergency", "tickInterval", "metrics"];
 
 /// A validated configuration: every value in range, every duration parsed.
 #[derive(Debug, Clone, PartialEq)]
@@ -223,6 +223,11 @@ pub struct Config {
     pub load_balancing: LoadBalancing,
     pub outlier_detection: OutlierDetection,
     pub status: Status,
+    /// `metrics.tags`: tags encoded into every metric name (`name=.=value;.;` before the
+    /// name, Istio's convention), for Envoy's `stats_tags` to extract as Prometheus labels,
+    /// e.g. `direction` so that an inbound and an outbound filter in one sidecar do not
+    /// write the same series. Sorted by name.
+    pub metric_tags: Vec<(String, String)>,
     /// Period of the housekeeping tick (forgetting endpoints, refreshing gauges).
     pub tick_interval: Millis,
 }
@@ -378,6 +383,43 @@ mod tests {
             }
         );
         assert_eq!(config.tick_interval, Millis(250));
+    }
+
+    #[test]
+    fn metric_tags_are_sorted_and_validated() {
+        let config = Config::parse(br#"{"version": 1}"#).unwrap();
+        assert!(config.metric_tags.is_empty(), "no tags unless asked for");
+        let config = Config::parse(
+            br#"{"version": 1, "metrics": {"tags": {"direction": "inbound", "app": "pay-v2"}}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            config.metric_tags,
+            [
+                ("app".to_string(), "pay-v2".to_string()),
+                ("direction".to_string(), "inbound".to_string())
+            ]
+        );
+        for (json, path) in [
+            (r#"{"Direction": "in"}"#, "metrics.tags.Direction"),
+            (r#"{"__name": "in"}"#, "metrics.tags.__name"),
+            (r#"{"1st": "in"}"#, "metrics.tags.1st"),
+            (r#"{"direction": "in.bound"}"#, "metrics.tags.direction"),
+            (r#"{"direction": "a;.;b"}"#, "metrics.tags.direction"),
+            (r#"{"direction": ""}"#, "metrics.tags.direction"),
+            (
+                r#"{"a": "1", "b": "1", "c": "1", "d": "1", "e": "1"}"#,
+                "metrics.tags",
+            ),
+        ] {
+            let e = err(&format!(
+                r#"{{"version": 1, "metrics": {{"tags": {json}}}}}"#
+            ));
+            assert_eq!(e.path, path, "{json}: {e}");
+        }
+        let switches =
+            r#"{"version": 1, "role": "switches", "metrics": {"tags": {"direction": "inbound"}}}"#;
+        assert!(Config::parse(switches.as_bytes()).is_ok());
     }
 
     #[test]

@@ -23,6 +23,8 @@ pub(super) struct RawConfig {
     outlier_detection: RawOutlierDetection,
     #[serde(default)]
     status: RawStatus,
+    #[serde(default)]
+    metrics: RawMetrics,
     #[serde(default = "default_tick")]
     tick_interval: Millis,
     #[serde(default)]
@@ -68,6 +70,59 @@ impl Default for RawEndpoints {
             max_endpoints_per_cluster: 256,
             forget_after: Millis::from_secs(300),
         }
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "camelCase", default)]
+struct RawMetrics {
+    tags: std::collections::BTreeMap<String, String>,
+}
+
+/// Most tags a metric name carries: each one is a regex Envoy runs on every new stat name.
+const MAX_METRIC_TAGS: usize = 4;
+
+impl RawMetrics {
+    /// Tag names are Prometheus label names in lowercase (`[a-z_][a-z0-9_]*`, not `__...`,
+    /// which Prometheus reserves); values are `[A-Za-z0-9_-]`. Neither may hold the `=.=` /
+    /// `;.;` delimiters the names are encoded with, nor a `.` (Envoy's stat separator).
+    fn validate(self) -> Result<Vec<(String, String)>, ConfigError> {
+        if self.tags.len() > MAX_METRIC_TAGS {
+            return Err(ConfigError::new(
+                "metrics.tags",
+                format!("at most {MAX_METRIC_TAGS} tags (got {})", self.tags.len()),
+            ));
+        }
+        self.tags
+            .into_iter()
+            .map(|(name, value)| {
+                let path = format!("metrics.tags.{name}");
+                let name_ok = name.len() <= 32
+                    && !name.starts_with("__")
+                    && name.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+                    && name
+                        .chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+                if !name_ok {
+                    return Err(ConfigError::new(
+                        &path,
+                        "a tag name must be a lowercase Prometheus label name ([a-z_][a-z0-9_]*, at most 32 long, not starting with __)",
+                    ));
+                }
+                let value_ok = !value.is_empty()
+                    && value.len() <= 64
+                    && value
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+                if !value_ok {
+                    return Err(ConfigError::new(
+                        &path,
+                        format!("must be 1 to 64 characters of [A-Za-z0-9_-] (got {value:?})"),
+                    ));
+                }
+                Ok((name, value))
+            })
+            .collect()
     }
 }
 
@@ -512,6 +567,7 @@ impl RawConfig {
             },
             endpoints,
             status,
+            metric_tags: self.metrics.validate()?,
             tick_interval: in_range(
                 "tickInterval",
                 self.tick_interval,

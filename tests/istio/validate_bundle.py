@@ -27,14 +27,16 @@ on any failure.
    istio-outbound.json and istio-inbound.json (parsed JSON, by listener context), filter
    settings (root_id, vm_id per side, runtime, FAIL_OPEN),
    the cluster patch equals the policy of envoy/outbound.yaml and only ever matches named
-   services, the stats inclusion prefix matches reflex's internal metric names.
+   services, the stats inclusion prefix matches reflex's internal metric names, each side tags
+   its metrics with its own direction and every stats fragment extracts that tag.
 4. Real Envoy: an Istio-like bootstrap (outbound listener with Istio's upstream-Envoy filters
    and retry policy, EDS clusters as Istio generates them, with and without DestinationRule
    settings, PassthroughCluster, BlackHoleCluster, Istio's stats inclusion list) gets the
    EnvoyFilter patches applied in Python the way istiod applies them (INSERT_BEFORE the router;
    MERGE into the clusters the match selects, with istiod's proto merge semantics), then
    `envoy --mode validate`, then a real Envoy with three upstreams: requests succeed, reflex
-   logs its configuration, reflex_* metrics are exported, and the merged clusters follow the
+   logs its configuration, reflex_* metrics are exported with a direction label per side (the
+   stats_tags Istio writes for extraStatTags), and the merged clusters follow the
    steering header (override_host wins over the lb_policy Istio keeps). Plus the two
    combinations Envoy rejects (README), deploy/compose/envoy.yaml in validate mode, and
    `docker-compose config -q`.
@@ -93,7 +95,7 @@ SIDES = {"SIDECAR_OUTBOUND": ("reflex-outbound", FIXTURE),
          "SIDECAR_INBOUND": ("reflex-inbound", INBOUND_FIXTURE)}
 BASE_PRIORITY = 10
 # Top-level fields of a "role": "switches" configuration (src/config/mod.rs SWITCHES_FIELDS).
-SWITCHES_FIELDS = {"version", "role", "emergency", "tickInterval"}
+SWITCHES_FIELDS = {"version", "role", "emergency", "tickInterval", "metrics"}
 # Switch sets one shared-data namespace holds (src/state/switchboard.rs MAX_PUSHERS).
 MAX_PUSHERS = 8
 SWITCHES_REJECTED = 'must not be set when role is "switches"'
@@ -962,6 +964,38 @@ def stats_prefixes_from_fragments() -> dict:
     return out
 
 
+def extra_stat_tags_from_fragments() -> dict:
+    """extraStatTags of the workload patch annotations and of the mesh-wide values."""
+    out = {}
+    for path in (WORKLOAD_PATCH, WORKLOAD_PATCH_WASMPLUGIN):
+        ann = load_docs(path)[0]["spec"]["template"]["metadata"]["annotations"]
+        out[path.name] = yaml.safe_load(ann["proxy.istio.io/config"]).get("extraStatTags", [])
+    vals = load_docs(STATS_VALUES)[0]
+    out[STATS_VALUES.name] = vals["meshConfig"]["defaultConfig"].get("extraStatTags", [])
+    return out
+
+
+def istio_stat_tag(tag: str) -> dict:
+    """The stats_tags entry Istio's bootstrap template writes for an extraStatTags entry
+    (tools/packaging/common/envoy_bootstrap.json)."""
+    return {"tag_name": tag, "regex": f"({tag}=\\.=(.*?);\\.;)"}
+
+
+def check_metric_tags(ctx: Ctx):
+    """Every tag a bundle filter puts in its metric names is extracted by every stats
+    fragment's extraStatTags (else the tag stays in the exported name), and the two sides
+    differ (else their series overwrite each other)."""
+    per_side = {side: patch_config(_reflex_wasm_patches(ctx, side)[0][1]).get("metrics", {}).get("tags", {})
+                for side in SIDES}
+    expect(all(per_side.values()), f"every side must tag its metrics: {per_side}")
+    expect(len({json.dumps(t, sort_keys=True) for t in per_side.values()}) == len(per_side),
+           f"the sides must tag their metrics differently: {per_side}")
+    needed = {k for t in per_side.values() for k in t}
+    for where, tags in extra_stat_tags_from_fragments().items():
+        expect(needed <= set(tags), f"{where}: extraStatTags {tags} lacks {sorted(needed - set(tags))}")
+    return f"{json.dumps(per_side)}; extraStatTags in every stats fragment"
+
+
 def check_workload_patch(ctx: Ctx):
     wp = load_docs(WORKLOAD_PATCH)
     expect(len(wp) == 1 and not is_manifest(wp[0]), "must be a single strategic-merge patch, not a manifest")
@@ -1048,7 +1082,10 @@ def build_istio_like_bootstrap(ctx: Ctx, ports: list, admin: int, lis: int, prob
         "node": {"id": "sidecar~127.0.0.1~app-0.default~default.svc.cluster.local", "cluster": "app.default",
                  "metadata": {"ISTIO_VERSION": "1.32.0"}},
         "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}},
-        "stats_config": {"use_all_default_tags": False, "stats_matcher": {"inclusion_list": {
+        "stats_config": {"use_all_default_tags": False,
+                         "stats_tags": [istio_stat_tag(t) for t in
+                                        sorted({t for ts in extra_stat_tags_from_fragments().values() for t in ts})],
+                         "stats_matcher": {"inclusion_list": {
             "patterns": ISTIO_STATS_PATTERNS_WITHOUT_WASM + [{"prefix": p} for p in stats_prefixes]}}},
         "static_resources": {"listeners": listeners, "clusters": clusters},
     }
@@ -1165,13 +1202,17 @@ def check_envoy_runtime(ctx: Ctx):
         # 3. Metrics: reflex_* exported under Istio's inclusion list plus the shipped prefix.
         status, prom = http_get(f"http://127.0.0.1:{admin}/stats/prometheus")
         expect(status == 200, f"/stats/prometheus: {status}")
-        m = re.search(r"^reflex_requests_total(?:\{[^}]*\})? (\d+)", prom, re.M)
-        expect(m, "reflex_requests_total is not exported")
+        m = re.search(r'^reflex_requests_total\{direction="outbound"\} (\d+)', prom, re.M)
+        expect(m, "reflex_requests_total{direction=\"outbound\"} is not exported")
         expect(int(m.group(1)) > 0, "reflex_requests_total stayed 0")
         # 4. The inbound side: requests this pod serves pass the inbound reflex (admission in
-        #    dry-run) to the app.
+        #    dry-run) to the app, and are counted in the inbound series only.
         inbound = collections.Counter(http_get(f"http://127.0.0.1:{sc.inb}/")[0] for _ in range(10))
         expect(inbound == {200: 10}, f"inbound through reflex: {dict(inbound)}")
+        status, prom = http_get(f"http://127.0.0.1:{admin}/stats/prometheus")
+        m_in = re.search(r'^reflex_requests_total\{direction="inbound"\} (\d+)', prom, re.M)
+        expect(m_in and int(m_in.group(1)) == 10, f"reflex_requests_total{{direction=\"inbound\"}}: {m_in and m_in.group(1)}")
+        expect("=.=" not in prom, "a tag was left in a metric name (extraStatTags missing?)")
         log = log_path.read_text()
         for vm_id, _ in SIDES.values():
             expect(re.search(rf"wasm log reflex {vm_id}: reflex configuration accepted", log),
@@ -1179,7 +1220,8 @@ def check_envoy_runtime(ctx: Ctx):
         bad = [l for l in log.splitlines() if "[critical]" in l or ("wasm" in l and "[error]" in l)]
         expect(not bad, f"errors in Envoy's log: {bad[:3]}")
         return (f"15/15 ok via reflex ({dict(seen)}); header -> u1 12/12 on both merged clusters; "
-                f"fallback {dict(fallback)}; unpatched {dict(control)}; reflex_requests_total {m.group(1)}; inbound 10/10 ok")
+                f"fallback {dict(fallback)}; unpatched {dict(control)}; reflex_requests_total outbound {m.group(1)}, "
+                f"inbound {m_in.group(1)}; inbound 10/10 ok")
 
 
 # --------------------------------------------------------------------------------------------
@@ -1246,6 +1288,9 @@ def check_emergency_manifest(ctx: Ctx, fname: str, docs: list, text: str | None 
         expect(not extra, f"{side}: only {sorted(SWITCHES_FIELDS)} are allowed with role switches, found {extra}")
         expect(cfg.get("version") == 1, f"{side}: version must be 1")
         expect(cfg.get("emergency") == section, f"{side}: emergency section {cfg.get('emergency')} != {section}")
+        base_metrics = patch_config(_reflex_wasm_patches(ctx, side)[0][1]).get("metrics")
+        expect(cfg.get("metrics") == base_metrics,
+               f"{side}: metrics {cfg.get('metrics')} must equal the base filter's {base_metrics} (same series)")
     return f"{', '.join(sorted(sides))}: {json.dumps(section)[:70]}"
 
 
@@ -1471,6 +1516,8 @@ def main() -> int:
         run_check("patch values: proto field names, values present", check_patch_keys, ctx)
         run_check("workload opt-in patches: label, module volume, mount matches the module path", check_workload_patch, ctx)
         run_check("stats inclusion prefixes match every reflex_* metric name", check_stats_prefixes, ctx)
+        run_check("metric tags: each side its own, extracted by every stats fragment's extraStatTags",
+                  check_metric_tags, ctx)
         run_check("wasm OCI image: FROM scratch, /plugin.wasm", check_wasm_image, ctx)
         # 4. real Envoy
         run_check("istiod patch emulation on Istio-like clusters and listener", check_patch_application, ctx)

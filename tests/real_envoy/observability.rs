@@ -3,6 +3,7 @@
 use crate::support::*;
 use reflex_harness::load::{closed_loop, ClosedLoop, RequestSpec};
 use reflex_harness::{Client, ProxyConfig};
+use serde_json::json;
 use std::time::Duration;
 
 #[test]
@@ -116,4 +117,65 @@ fn version_is_logged_when_the_vm_starts() {
     envoy
         .wait_for_log("reflex configuration accepted", Duration::from_secs(5))
         .unwrap();
+}
+
+/// Two reflex filters in one Envoy (a sidecar's inbound and outbound side), each with its own
+/// `metrics.tags.direction`, and the bootstrap's `stats_tags` regex for that tag: every metric
+/// is one series per side, so one side's gauges never overwrite the other's and counters do
+/// not add up across sides.
+#[test]
+fn metric_tags_keep_inbound_and_outbound_series_apart() {
+    let ups = upstreams(1);
+    let outbound = r#"{"version": 1, "metrics": {"tags": {"direction": "outbound"}}}"#;
+    let inbound = r#"{"version": 1, "metrics": {"tags": {"direction": "inbound"}},
+        "admission": {"enabled": true, "initialLimit": 30}}"#;
+    let mut config = ProxyConfig::new(&addrs(&ups))
+        .with_http_filter(reflex_filter_named("reflex-outbound", outbound))
+        .to_value();
+    let mut second = config["static_resources"]["listeners"][0].clone();
+    second["name"] = json!("inbound");
+    let hcm = &mut second["filter_chains"][0]["filters"][0]["typed_config"];
+    hcm["stat_prefix"] = json!("inbound");
+    hcm["http_filters"][0] = reflex_filter_named("reflex-inbound", inbound);
+    config["static_resources"]["listeners"]
+        .as_array_mut()
+        .unwrap()
+        .push(second);
+    config["stats_config"] = json!({"stats_tags": [
+        {"tag_name": "direction", "regex": "(direction=\\.=(.*?);\\.;)"}
+    ]});
+    let envoy = start(serde_json::to_string_pretty(&config).unwrap(), 2);
+    for (listener, n) in [("ingress", 30), ("inbound", 20)] {
+        let report = closed_loop(
+            envoy.listener_addr(listener).unwrap(),
+            &RequestSpec::get("/"),
+            &ClosedLoop {
+                requests: n,
+                threads: 2,
+                ..Default::default()
+            },
+        );
+        assert_eq!(report.ok(), n, "{listener}: {}", report.summary());
+    }
+    let series = |prom: &str, name: &str, side: &str| {
+        prometheus_value(prom, &format!("{name}{{direction=\"{side}\"}}"))
+    };
+    let prom = eventually(Duration::from_secs(5), || {
+        let prom = envoy.prometheus().ok()?;
+        (series(&prom, "reflex_admission_limit", "inbound")? > 0).then_some(prom)
+    })
+    .unwrap_or_else(|| envoy.prometheus().unwrap());
+    assert_eq!(
+        series(&prom, "reflex_requests_total", "outbound"),
+        Some(30),
+        "{prom}"
+    );
+    assert_eq!(series(&prom, "reflex_requests_total", "inbound"), Some(20));
+    assert_eq!(series(&prom, "reflex_admission_limit", "inbound"), Some(30));
+    assert_eq!(series(&prom, "reflex_admission_limit", "outbound"), Some(0));
+    assert!(
+        !prom.contains("=.="),
+        "every tag is extracted, none left in a name:\n{prom}"
+    );
+    assert!(prom.contains("# TYPE reflex_requests_total counter"));
 }
