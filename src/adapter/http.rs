@@ -579,6 +579,11 @@ impl HttpContext for ReflexHttp {
             self.worker.renew_switches(now);
             let full_path = self.header(":path").unwrap_or_default();
             let path = properties::path_only(&full_path).to_string();
+            // A switches instance may serve the control endpoint: e.g. on a loopback-only
+            // control listener of its own, beside no traffic at all (istio/control-listener.yaml).
+            if config.control.enabled && self.control_request(&config, &path, end_of_stream) {
+                return Action::Pause;
+            }
             // The operator's endpoints (at their default paths) stay reachable under a kill.
             if path.starts_with(OPERATOR_PATHS) {
                 return Action::Continue;

@@ -200,7 +200,14 @@ pub enum Role {
 }
 
 /// Top-level fields a `switches` instance may carry.
-const SWITCHES_FIELDS: [&str; 5] = ["version", "role", "emergency", "tickInterval", "metrics"];
+const SWITCHES_FIELDS: [&str; 6] = [
+    "version",
+    "role",
+    "emergency",
+    "tickInterval",
+    "metrics",
+    "control",
+];
 
 /// A validated configuration: every value in range, every duration parsed.
 #[derive(Debug, Clone, PartialEq)]
@@ -420,6 +427,20 @@ mod tests {
         let switches =
             r#"{"version": 1, "role": "switches", "metrics": {"tags": {"direction": "inbound"}}}"#;
         assert!(Config::parse(switches.as_bytes()).is_ok());
+    }
+
+    #[test]
+    fn a_switches_instance_may_serve_the_control_endpoint() {
+        let config = Config::parse(
+            br#"{"version": 1, "role": "switches",
+                 "control": {"enabled": true, "pathPrefix": "/.reflex/inbound", "token": "0123456789abcdef"}}"#,
+        )
+        .unwrap();
+        assert!(config.control.enabled);
+        assert_eq!(config.control.path_prefix, "/.reflex/inbound");
+        let e =
+            err(r#"{"version": 1, "role": "switches", "control": {"enabled": true, "token": ""}}"#);
+        assert_eq!(e.path, "control.token", "{e}");
     }
 
     #[test]

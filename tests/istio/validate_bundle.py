@@ -46,7 +46,9 @@ on any failure.
    each (and all of them together) is applied on top of the base bundle's listeners and
    loaded by `envoy --mode validate`; kill-all is run in a real Envoy (503 with
    x-reflex-killed on both sides); a switches config with a forbidden field is rejected by
-   reflex inside Envoy.
+   reflex inside Envoy. normal.yaml holds an empty EnvoyFilter (explicit empty configPatches)
+   under every emergency manifest's name, so that applying it (objects replaced by name, as
+   kubectl apply does) leaves no patch; kill-all then normal.yaml is run in a real Envoy.
 """
 
 from __future__ import annotations
@@ -89,6 +91,10 @@ WORKLOAD_PATCH = ISTIO_DIR / "workload-opt-in.patch.yaml"
 WORKLOAD_PATCH_WASMPLUGIN = ISTIO_DIR / "workload-opt-in-wasmplugin.patch.yaml"
 STATS_VALUES = ISTIO_DIR / "stats-inclusion.yaml"
 EMERGENCY_DIR = ISTIO_DIR / "emergency"
+CONTROL_LISTENER = ISTIO_DIR / "control-listener.yaml"
+# The control listener's wasm instance for each side: (filter name, path prefix).
+CONTROL_INSTANCES = {"SIDECAR_OUTBOUND": ("reflex-control-outbound", "/.reflex/outbound"),
+                     "SIDECAR_INBOUND": ("reflex-control-inbound", "/.reflex/inbound")}
 
 # The base filter of each sidecar side: its vm_id and the fixture its configuration equals.
 SIDES = {"SIDECAR_OUTBOUND": ("reflex-outbound", FIXTURE),
@@ -100,6 +106,8 @@ SWITCHES_FIELDS = {"version", "role", "emergency", "tickInterval", "metrics"}
 MAX_PUSHERS = 8
 SWITCHES_REJECTED = 'must not be set when role is "switches"'
 _KILL_REPLY = {"status": 503, "body": "killed by reflex emergency switch\n", "headers": {"x-reflex-killed": "1"}}
+# istio/emergency/normal.yaml: an empty EnvoyFilter under each emergency manifest's name.
+NORMAL = "normal.yaml"
 # Every emergency manifest: the sides it patches and the emergency section it publishes.
 EMERGENCY = {
     "kill-all.yaml": ({"SIDECAR_OUTBOUND", "SIDECAR_INBOUND"}, {"kill": [dict(scope={"all": True}, **_KILL_REPLY)]}),
@@ -782,6 +790,7 @@ class Ctx:
         # file name -> documents of every emergency manifest
         self.emergency = {p.name: load_docs(p) for p in sorted(EMERGENCY_DIR.glob("*.yaml"))}
         self.wasmplugin = load_docs(WASMPLUGIN)
+        self.control_listener = load_docs(CONTROL_LISTENER)
         self.tmp = Path(tempfile.mkdtemp(prefix="reflex-istio-"))
 
 
@@ -1074,6 +1083,11 @@ def build_istio_like_bootstrap(ctx: Ctx, ports: list, admin: int, lis: int, prob
     inserted = apply_http_filter_patches(listeners, config_patches(docs, "HTTP_FILTER", "SIDECAR_OUTBOUND"))
     inserted_inbound = apply_http_filter_patches(inbound, config_patches(docs, "HTTP_FILTER", "SIDECAR_INBOUND"))
     listeners += inbound
+    # Listeners the EnvoyFilters ADD (the control listener, priority above the bundle's, so
+    # istiod adds it after the bundle's HTTP_FILTER patches ran).
+    added = [copy.deepcopy(cp["patch"]["value"]) for _, cp in config_patches(docs, "LISTENER", "SIDECAR_INBOUND")
+             if cp["patch"]["operation"] == "ADD"]
+    listeners += added
     # Added after the patches: a listener without reflex, to see the clusters' own balancing.
     listeners.append(hcm_listener("probe", probe, [istio_route(subset, "/v1"), istio_route(other, "/other"),
                                                    istio_route(main)], "probe"))
@@ -1092,6 +1106,8 @@ def build_istio_like_bootstrap(ctx: Ctx, ports: list, admin: int, lis: int, prob
     n = rewrite_wasm_filenames(boot, ctx.wasm)
     facts = {"main": main, "subset": subset, "other": other, "patched": patched, "inserted": inserted,
              "inserted_inbound": inserted_inbound, "rewritten": n, "listener": listeners[0],
+             "added_wasm": sum(1 for lis in added for f in lis["filter_chains"][0]["filters"][0]["typed_config"]
+                               ["http_filters"] if f.get("typed_config", {}).get("@type") == WASM_TYPE),
              "inbound_listener": inbound[0]}
     return boot, facts
 
@@ -1123,7 +1139,7 @@ def validate_sidecar(ctx: Ctx, extra_docs: list = (), label: str = "istio-valida
                                              free_port(), extra_docs)
     want = len(_reflex_wasm_patches(ctx, "SIDECAR_OUTBOUND", ctx.bundle + list(extra_docs))) + \
         len(_reflex_wasm_patches(ctx, "SIDECAR_INBOUND", ctx.bundle + list(extra_docs)))
-    expect(facts["rewritten"] == want == facts["inserted"] + facts["inserted_inbound"],
+    expect(facts["rewritten"] - facts["added_wasm"] == want == facts["inserted"] + facts["inserted_inbound"],
            f"expected {want} wasm module paths to rewrite, found {facts['rewritten']}")
     path = ctx.tmp / f"{label}.json"
     path.write_text(json.dumps(boot, indent=1))
@@ -1235,7 +1251,8 @@ def emergency_wasm_patches(ctx, docs: list) -> list:
 
 def check_emergency_files(ctx: Ctx):
     have = set(ctx.emergency)
-    expect(have == set(EMERGENCY), f"istio/emergency/ must hold exactly {sorted(EMERGENCY)}, holds {sorted(have)}")
+    want = set(EMERGENCY) | {NORMAL}
+    expect(have == want, f"istio/emergency/ must hold exactly {sorted(want)}, holds {sorted(have)}")
     stray = [p.name for p in EMERGENCY_DIR.iterdir() if p.suffix not in (".yaml",)]
     expect(not stray, f"unexpected files in istio/emergency/ (kubectl apply -f on the folder reads them): {stray}")
     # Every instance at once (an operator may apply several): names unique, within MAX_PUSHERS.
@@ -1245,7 +1262,7 @@ def check_emergency_files(ctx: Ctx):
     dup = sorted({n for n in names if names.count(n) > 1} - {"reflex"})
     expect(not dup, f"plugin names must be unique (switch sets are keyed by them): {dup}")
     expect(names.count("reflex") == len(SIDES), "only the base filters may be named reflex")
-    meta = [d["metadata"]["name"] for docs in ctx.emergency.values() for d in docs]
+    meta = [d["metadata"]["name"] for f, docs in ctx.emergency.items() if f != NORMAL for d in docs]
     expect(len(meta) == len(set(meta)), f"metadata.name must be unique: {meta}")
     per_side = collections.Counter(s for s, cp in every if cp not in [b for _, b in base])
     expect(all(n <= MAX_PUSHERS for n in per_side.values()),
@@ -1336,6 +1353,53 @@ def check_envoy_rejects_forbidden_switches_field(ctx: Ctx):
     return f"rejected: {SWITCHES_REJECTED}"
 
 
+def kubectl_apply(*doc_lists) -> list:
+    """The objects `kubectl apply` leaves after applying each list in turn: a later document
+    with the same kind, namespace and name replaces the earlier one."""
+    objs = {}
+    for docs in doc_lists:
+        for d in docs:
+            objs[(d["kind"], d["metadata"].get("namespace"), d["metadata"]["name"])] = d
+    return list(objs.values())
+
+
+def check_normal_manifest(ctx: Ctx):
+    docs = ctx.emergency[NORMAL]
+    others = {(d["kind"], d["metadata"]["namespace"], d["metadata"]["name"]): d
+              for f, ds in ctx.emergency.items() if f != NORMAL for d in ds}
+    got = {(d["kind"], d["metadata"]["namespace"], d["metadata"]["name"]) for d in docs}
+    expect(got == set(others), f"must name exactly the emergency manifests' objects: "
+                               f"missing {sorted(set(others) - got)}, extra {sorted(got - set(others))}")
+    for d in docs:
+        o = others[(d["kind"], d["metadata"]["namespace"], d["metadata"]["name"])]
+        where = d["metadata"]["name"]
+        expect(d["apiVersion"] == o["apiVersion"], f"{where}: apiVersion must be {o['apiVersion']}")
+        expect("configPatches" in d["spec"] and d["spec"]["configPatches"] == [],
+               f"{where}: needs an explicit empty configPatches (apply must clear the patches even on "
+               f"objects created without kubectl apply)")
+        expect(d["spec"].get("workloadSelector") == o["spec"]["workloadSelector"], f"{where}: same workloadSelector")
+        expect(d["metadata"].get("labels", {}).get("reflex.io/component") == "emergency",
+               f"{where}: label reflex.io/component: emergency (kubectl delete -l still finds it)")
+    left = [d["metadata"]["name"] for d in kubectl_apply(*[ctx.emergency[f] for f in sorted(EMERGENCY)], docs)
+            if d["spec"].get("configPatches")]
+    expect(not left, f"after every emergency manifest and then normal.yaml, patches remain in {left}")
+    return f"{len(docs)} empty EnvoyFilters; every emergency manifest then normal.yaml leaves no patch"
+
+
+def check_envoy_runtime_normal(ctx: Ctx):
+    """kill-all, then normal.yaml applied over it: no switches instance left, traffic flows."""
+    docs = kubectl_apply(ctx.emergency["kill-all.yaml"], ctx.emergency[NORMAL])
+    with running_sidecar(ctx, docs, "istio-normal") as sc:
+        for lis in (sc.facts["listener"], sc.facts["inbound_listener"]):
+            stray = [n for n in http_filter_names(lis) if n.startswith("reflex-emergency-")]
+            expect(not stray, f"{lis['name']}: switches instances left after normal.yaml: {stray}")
+        for side, port in (("outbound", sc.lis), ("inbound", sc.inb)):
+            wait_for(lambda port=port: http_get(f"http://127.0.0.1:{port}/")[0] == 200, 10, f"{side}: 200")
+        got = collections.Counter(http_get(f"http://127.0.0.1:{p}/")[0] for p in (sc.lis, sc.inb) for _ in range(5))
+        expect(got == {200: 10}, f"every request must pass: {dict(got)}")
+    return "kill-all replaced by normal.yaml's empty EnvoyFilter: outbound and inbound 200"
+
+
 def check_envoy_runtime_kill_all(ctx: Ctx):
     """kill-all in a running Envoy: the switches instances reach both reflex filters."""
     body = EMERGENCY["kill-all.yaml"][1]["kill"][0]["body"]
@@ -1346,6 +1410,122 @@ def check_envoy_runtime_kill_all(ctx: Ctx):
         got = collections.Counter(http_get(f"http://127.0.0.1:{p}/")[0] for p in (sc.lis, sc.inb) for _ in range(5))
         expect(got == {503: 10}, f"every request must be killed: {dict(got)}")
     return "outbound and inbound: 503 killed by reflex emergency switch"
+
+
+# --------------------------------------------------------------------------------------------
+# Control listener (istio/control-listener.yaml)
+# --------------------------------------------------------------------------------------------
+
+def control_listener_instances(docs: list) -> dict:
+    """side -> (wasm filter entry, parsed configuration) of the control listener's instances."""
+    (lis,) = [cp["patch"]["value"] for _, cp in config_patches(docs, "LISTENER", "SIDECAR_INBOUND")]
+    filters = lis["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"]
+    out = {}
+    for side, (name, _) in CONTROL_INSTANCES.items():
+        f = [f for f in filters if f["name"] == name]
+        expect(len(f) == 1, f"one filter named {name} expected")
+        out[side] = (f[0], json.loads(f[0]["typed_config"]["config"]["configuration"]["value"]))
+    return out
+
+
+def with_control_token(docs: list, token: str, port: int) -> list:
+    """A copy of the control listener manifest with `token` set and the listener on `port`."""
+    docs = copy.deepcopy(docs)
+    (cp,) = [cp for _, cp in config_patches(docs, "LISTENER", "SIDECAR_INBOUND")]
+    cp["patch"]["value"]["address"]["socket_address"]["port_value"] = port
+    for f, cfg in control_listener_instances(docs).values():
+        cfg["control"]["token"] = token
+        f["typed_config"]["config"]["configuration"]["value"] = json.dumps(cfg)
+    return docs
+
+
+def check_control_listener(ctx: Ctx):
+    docs = ctx.control_listener
+    expect(len(docs) == 1 and len(docs[0]["spec"]["configPatches"]) == 1, "one EnvoyFilter, one patch")
+    d, cp = docs[0], docs[0]["spec"]["configPatches"][0]
+    expect(cp["applyTo"] == "LISTENER" and cp["patch"]["operation"] == "ADD"
+           and cp["match"].get("context") == "SIDECAR_INBOUND", "must ADD a LISTENER (context SIDECAR_INBOUND)")
+    expect(d["spec"].get("workloadSelector") == ctx.bundle[0]["spec"]["workloadSelector"], "must select the bundle's pods")
+    top = max(b["spec"].get("priority", 0) for b in ctx.bundle)
+    expect(d["spec"].get("priority", 0) > top, f"priority must be above the bundle's {top} (added after its patches)")
+    lis = cp["patch"]["value"]
+    addr = lis["address"]["socket_address"]
+    expect(addr["address"] == "127.0.0.1", f"must bind loopback only, binds {addr['address']}")
+    hcm = lis["filter_chains"][0]["filters"][0]["typed_config"]
+    names = [f["name"] for f in hcm["http_filters"]]
+    expect(names == [n for n, _ in CONTROL_INSTANCES.values()] + [ROUTER], f"filters: {names}")
+    routes = hcm["route_config"]["virtual_hosts"][0]["routes"]
+    expect(len(routes) == 1 and routes[0].get("direct_response", {}).get("status") == 404,
+           "everything the instances do not answer must get a 404 from Envoy, never reach a cluster")
+    vms = base_vm_configs(ctx)
+    for side, (f, cfg) in control_listener_instances(docs).items():
+        c = f["typed_config"]["config"]
+        expect(c["vm_config"] == vms[side], f"{side}: vm_config must equal the base filter's (vm_id "
+               f"{vms[side]['vm_id']}), or its switches never reach that filter")
+        expect(c.get("allow_on_headers_stop_iteration") is True, f"{side}: needs allow_on_headers_stop_iteration")
+        expect(c.get("failure_policy") == "FAIL_OPEN" and c.get("root_id") == "reflex", f"{side}: FAIL_OPEN, root_id reflex")
+        expect(cfg.get("role") == "switches" and not set(cfg) - SWITCHES_FIELDS - {"control"},
+               f"{side}: a switches instance (no resilience features of its own): {sorted(cfg)}")
+        ctl = cfg.get("control", {})
+        expect(ctl.get("enabled") is True and ctl.get("allowFrom", "loopback") == "loopback"
+               and ctl.get("pathPrefix") == CONTROL_INSTANCES[side][1], f"{side}: control {ctl}")
+        expect(ctl.get("token") == "", f"{side}: the shipped token must be empty (operators set their own)")
+        base_metrics = patch_config(_reflex_wasm_patches(ctx, side)[0][1]).get("metrics")
+        expect(cfg.get("metrics") == base_metrics, f"{side}: metrics must equal the base filter's {base_metrics}")
+    return f"127.0.0.1:{addr['port_value']}: {' > '.join(names)}"
+
+
+def check_envoy_rejects_empty_control_token(ctx: Ctx):
+    rc, out, _ = validate_sidecar(ctx, ctx.control_listener, "control-empty-token")
+    expect(rc != 0, "Envoy accepted the control listener with the shipped empty token")
+    want = "invalid reflex configuration at `control.token`"
+    expect(want in out, f"rejected for another reason: {out.strip()[-400:]}")
+    return want
+
+
+def check_envoy_runtime_control_listener(ctx: Ctx):
+    """The control listener in a running Istio-like sidecar: each side's switches from its
+    own path, a wrong token changes nothing, normal undoes."""
+    token, port = "t0ken-for-the-validator-" + str(os.getpid()), free_port()
+    docs = with_control_token(ctx.control_listener, token, port)
+    auth = {"Authorization": f"Bearer {token}"}
+
+    def control(side: str, action: str, body: str | None = None, headers: dict | None = None):
+        url = f"http://127.0.0.1:{port}/.reflex/{side}/{action}"
+        req = urllib.request.Request(url, data=None if body is None else body.encode(),
+                                     headers=headers if headers is not None else auth,
+                                     method="GET" if body is None else "POST")
+        try:
+            with urllib.request.urlopen(req, timeout=5) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode()
+
+    with running_sidecar(ctx, docs, "istio-control") as sc:
+        sides = {"outbound": sc.lis, "inbound": sc.inb}
+        wait_for(lambda: http_get(f"http://127.0.0.1:{sc.lis}/")[0] == 200, 10, "first request through reflex")
+        status, body = control("outbound", "status")
+        expect(status == 200 and "effective" in json.loads(body), f"status: {status} {body[:200]}")
+        status, _ = control("outbound", "kill", '{"scope":{"all":true}}', {"Authorization": "Bearer wrong-token-000000"})
+        expect(status == 401, f"a wrong token must get 401, got {status}")
+        expect(http_get(f"http://127.0.0.1:{sc.lis}/")[0] == 200, "a wrong token must change nothing")
+        expect(http_get(f"http://127.0.0.1:{port}/elsewhere")[0] == 404, "other paths must get 404")
+        results = []
+        for side, port_of_side in sides.items():
+            other = [p for s, p in sides.items() if s != side][0]
+            status, body = control(side, "kill", '{"scope":{"all":true},"expiresIn":"5m"}')
+            expect(status == 200, f"{side} kill: {status} {body[:200]}")
+            got = collections.Counter(http_get(f"http://127.0.0.1:{port_of_side}/")[0] for _ in range(6))
+            expect(got == {503: 6}, f"{side}: every request must be killed at once: {dict(got)}")
+            expect(http_get(f"http://127.0.0.1:{other}/")[0] == 200, f"a {side} kill must leave the other side alone")
+            status, body = control(side, "normal", "")
+            expect(status == 200, f"{side} normal: {status} {body[:200]}")
+            got = collections.Counter(http_get(f"http://127.0.0.1:{port_of_side}/")[0] for _ in range(6))
+            expect(got == {200: 6}, f"{side}: normal must undo the kill at once: {dict(got)}")
+            results.append(f"{side} kill 6/6 503, normal 6/6 200")
+        log = sc.log.read_text()
+        expect("reflex control: " in log, "control changes must be logged")
+    return "; ".join(results) + "; wrong token 401, other paths 404"
 
 
 def _rejected(ctx: Ctx, cluster: dict, want: str):
@@ -1548,6 +1728,17 @@ def main() -> int:
         run_check("Envoy rejects a switches config with a forbidden field (reflex's message)",
                   check_envoy_rejects_forbidden_switches_field, ctx)
         run_check("Envoy running bundle + kill-all: outbound and inbound requests killed", check_envoy_runtime_kill_all, ctx)
+        run_check("istio/emergency/normal.yaml: an empty EnvoyFilter under every emergency name",
+                  check_normal_manifest, ctx)
+        run_check("Envoy running bundle + kill-all, then normal.yaml applied: traffic flows",
+                  check_envoy_runtime_normal, ctx)
+        # 6. the per-pod control listener
+        run_check("istio/control-listener.yaml: loopback listener, a switches instance per side in its VM",
+                  check_control_listener, ctx)
+        run_check("Envoy rejects the control listener as shipped (empty token, reflex's message)",
+                  check_envoy_rejects_empty_control_token, ctx)
+        run_check("Envoy running bundle + control listener: per-side kill and normal, wrong token 401",
+                  check_envoy_runtime_control_listener, ctx)
     finally:
         if args.keep:
             print(f"kept {ctx.tmp}")
