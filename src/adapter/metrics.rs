@@ -1,6 +1,6 @@
-//! reflex's Prometheus metrics, defined when a configuration is accepted. Envoy keeps custom wasm metrics in the
-//! `wasmcustom` stat namespace and exports them without prefix on `/stats/prometheus`, so the
-//! names below are what an SRE queries. Counters end in `_total`. Envoy's wasm ABI has no
+//! reflex's Prometheus metrics, defined when a configuration is accepted. Envoy keeps custom
+//! wasm metrics in the `wasmcustom` stat namespace and exports them without prefix on
+//! `/stats/prometheus`, so the names below are what an SRE queries. Counters end in `_total`. Envoy's wasm ABI has no
 //! labels, so per-detector counts are separate names. Configured `metrics.tags` are encoded
 //! into every name as `tag=.=value;.;` (Istio's convention), right after `reflex_` so that
 //! the name still starts with it (stats inclusion lists match `wasmcustom.reflex_`):

@@ -230,8 +230,8 @@ pub struct Config {
     pub load_balancing: LoadBalancing,
     pub outlier_detection: OutlierDetection,
     pub status: Status,
-    /// `metrics.tags`: tags encoded into every metric name (`name=.=value;.;` before the
-    /// name, Istio's convention), for Envoy's `stats_tags` to extract as Prometheus labels,
+    /// `metrics.tags`: tags encoded into every metric name (`name=.=value;.;` right after
+    /// `reflex_`, Istio's convention), for Envoy's `stats_tags` to extract as Prometheus labels,
     /// e.g. `direction` so that an inbound and an outbound filter in one sidecar do not
     /// write the same series. Sorted by name.
     pub metric_tags: Vec<(String, String)>,

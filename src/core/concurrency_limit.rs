@@ -33,20 +33,24 @@
 //! ```text
 //! gradient = clamp(tolerance x no_load / sample, 0.5, 1.0)
 //! new      = limit x gradient + headroom x sqrt(limit)   (queue allowance; Envoy: headroom 1)
-//! limit    = (1 - s) x limit + s x new,  clamped to [min_limit, max_limit]
-//!            s = smoothing when rising, max(smoothing, 0.5) when falling
+//! limit    = new                              if new < limit (falls at once)
+//!            (1 - smoothing) x limit + smoothing x new   otherwise (rises smoothly)
+//!            clamped to [min_limit, max_limit]
 //! ```
 //!
 //! While latency stays within `tolerance x no_load` the limit grows by `smoothing x headroom x
 //! sqrt(limit)` per window; when queueing raises latency the gradient pulls it down by at most
-//! half per window (before smoothing). It settles where `limit x (1 - gradient) = headroom x
+//! half per window, at once: the queue costs every admitted request now, and a smoothed fall
+//! left the onset of an overload a second of queueing (measured in the real-Envoy test). It settles where `limit x (1 - gradient) = headroom x
 //! sqrt(limit)`, i.e. about `headroom x sqrt(limit)` requests of queue. The default headroom
 //! (0.5) keeps that queue short enough that admitted requests stay within about 1.5x of the
 //! no-load latency (the p99 target is 2x) while the limit can still find a bigger service in
-//! seconds. As in `Gradient2Limit`, the limit does not grow
-//! while the service is *application-limited* (fewer than `limit / 2` in flight during the
-//! window): otherwise a quiet hour would walk it up to `max_limit` and the next burst would be
-//! let in whole before the first window could react.
+//! seconds. As in `Gradient2Limit`, the limit holds while the service is
+//! *application-limited* (fewer than `limit / 2` in flight during the window): it does not
+//! grow, otherwise a quiet hour would walk it up to `max_limit` and the next burst would be
+//! let in whole before the first window could react; and it does not shrink, because a slow
+//! window then cannot be a queue the limit let in (a pause, a slow dependency), and shrinking
+//! on such hiccups with growth held would pin a quiet service's limit at the floor.
 //!
 //! **AIMD controller** (Netflix `AIMDLimit`; TCP congestion avoidance, RFC 5681): at the end
 //! of a window, `limit x backoff` if `sample > target` (default `no_load x tolerance`), else
@@ -98,8 +102,6 @@ pub const STALE_WINDOWS: u64 = 16;
 pub const LEAK_WINDOWS: u64 = 32;
 /// Lower bound of the leak timeout, whatever the window.
 pub const LEAK_MIN: Millis = Millis(30_000);
-/// Gradient: the smoothing applied at least when the limit falls.
-pub const DECREASE_SMOOTHING: f64 = 0.5;
 /// Quiet samples a window needs to measure the no-load latency.
 pub const QUIET_MIN_SAMPLES: u32 = 3;
 /// Latencies are taken as at least this (millisecond timers report 0 for fast requests).
@@ -416,19 +418,21 @@ impl ConcurrencyLimiter {
                 let gradient = (tolerance * no_load / sample).clamp(0.5, 1.0);
                 let headroom = factor(policy.headroom, 0.0, 4.0, 0.5);
                 let new = from * gradient + headroom * from.sqrt();
-                // A queue costs every admitted request latency now, so the limit falls at
-                // least half-way to the new value in one window and rises smoothly.
                 let smoothing = factor(policy.smoothing, 0.0, 1.0, 0.2);
-                let smoothing = if new < from {
-                    smoothing.max(DECREASE_SMOOTHING)
-                } else {
-                    smoothing
-                };
-                let next = (1.0 - smoothing) * from + smoothing * new;
-                if next > from && !busy {
+                if !busy {
+                    // Application-limited (fewer than half the limit in flight): the limit is
+                    // not what bounds the service, so a slower window cannot be a queue it let
+                    // in (a pause, a slow dependency); hold it either way, as Gradient2Limit
+                    // does. Shrinking here would ratchet the limit down on every hiccup of a
+                    // quiet service and, with growth also held, pin it at the floor for good.
                     from
+                } else if new < from {
+                    // A queue the limit let in costs every admitted request latency now:
+                    // fall to the new value at once (the gradient's floor of 0.5 already
+                    // bounds the step), so an onset of overload is cut within one window.
+                    new
                 } else {
-                    next
+                    (1.0 - smoothing) * from + smoothing * new
                 }
             }
             Controller::Aimd => {
@@ -682,8 +686,8 @@ mod tests {
         assert_eq!((c[0].no_load_ms, c[0].sample_ms), (10.0, 10.0));
         // Latency doubled: gradient 1.5 x 10 / 20 = 0.75.
         let c = run_window(&mut l, &p, 2, 20.0, 20, 200);
-        // Falling: smoothed by 0.5, not 0.2.
-        let expected = 0.5 * 102.0 + 0.5 * (102.0 * 0.75 + 102f64.sqrt());
+        // Falling: to the new value at once, not smoothed.
+        let mut expected = 102.0 * 0.75 + 102f64.sqrt();
         assert!((c[0].to - expected).abs() < 1e-9, "{:?}", c[0]);
         assert_eq!((c[0].no_load_ms, c[0].sample_ms), (10.0, 20.0));
         // It keeps falling every window (towards L = 16, where 0.25 L = sqrt L).
@@ -692,10 +696,11 @@ mod tests {
             assert_eq!(c.len(), 1);
             assert!(c[0].to < c[0].from, "window {k}: {:?}", c[0]);
             assert_eq!(c[0].no_load_ms, 10.0);
+            expected = expected * 0.75 + expected.sqrt();
         }
         assert!(
-            (l.limit_exact() - 54.415).abs() < 0.01,
-            "{}",
+            (l.limit_exact() - expected).abs() < 1e-9,
+            "{} vs {expected}",
             l.limit_exact()
         );
         // Back at no-load: it grows again, gradually (at most smoothing x sqrt(limit)).
@@ -728,18 +733,22 @@ mod tests {
     }
 
     #[test]
-    fn gradient_does_not_grow_while_application_limited() {
+    fn gradient_holds_while_application_limited() {
         let p = policy(Controller::Gradient);
         let mut l = ConcurrencyLimiter::new(&p, Instant(T0));
         run_window(&mut l, &p, 0, 10.0, 20, 1);
+        // Fast and quiet: no growth.
         for k in 1..5 {
             let c = run_window(&mut l, &p, k, 10.0, 20, 1);
             assert_eq!(c[0].to, 100.0);
         }
-        // It still falls when latency rises, busy or not.
-        let c = run_window(&mut l, &p, 5, 40.0, 20, 1);
-        assert_eq!(c[0].to, 100.0);
-        let c = run_window(&mut l, &p, 6, 40.0, 20, 1);
+        // Slow but quiet (a pause, a slow dependency: no queue the limit let in): no fall.
+        for k in 5..10 {
+            let c = run_window(&mut l, &p, k, 40.0, 20, 1);
+            assert_eq!(c[0].to, 100.0, "window {k}");
+        }
+        // Slow with half the limit in flight: the queue is the limit's doing, it falls.
+        let c = run_window(&mut l, &p, 10, 40.0, 20, 50);
         assert!(c[0].to < 100.0, "{:?}", c[0]);
     }
 
@@ -751,9 +760,17 @@ mod tests {
         };
         let mut l = ConcurrencyLimiter::new(&p, Instant(T0));
         run_window(&mut l, &p, 0, 10.0, 20, 0);
-        run_window(&mut l, &p, 1, 1000.0, 20, 0);
-        let c = run_window(&mut l, &p, 2, 10.0, 20, 0);
-        assert!((c[0].to - (50.0 + 10.0)).abs() < 1e-9, "{:?}", c[0]);
+        // Busy (the admissions before window 1's first completion also made window 0 busy,
+        // so it grew): a 100x slower window takes the limit to from / 2 + headroom x sqrt(from).
+        run_window(&mut l, &p, 1, 1000.0, 20, 60);
+        let c = run_window(&mut l, &p, 2, 10.0, 20, 60);
+        let from = c[0].from;
+        assert!(from > 100.0, "{:?}", c[0]);
+        assert!(
+            (c[0].to - (from / 2.0 + from.sqrt())).abs() < 1e-9,
+            "{:?}",
+            c[0]
+        );
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! 2.5x overload with and without reflex, critical and default traffic mixed.
 
 use crate::support::*;
-use reflex_harness::load::{open_loop, OpenLoop, RequestSpec};
+use reflex_harness::load::{closed_loop, open_loop, ClosedLoop, OpenLoop, RequestSpec};
 use reflex_harness::{Behaviour, Envoy, LoadReport, ProxyConfig, Upstream};
 use std::net::SocketAddr;
 use std::thread;
@@ -66,6 +66,20 @@ fn overload_keeps_goodput_and_latency_and_protects_critical_traffic() {
     let (_app, _envoy, addr) = setup(None);
     let unloaded = run(addr, spec("default"), 30.0, 3.0);
     let unloaded_p99 = unloaded.percentile(99.0).unwrap();
+    // What the service behind this Envoy completes per second on this machine right now: a
+    // closed loop with a few more clients than its 8 slots keeps every slot busy. Goodput
+    // is judged against this, measured in the same run (the nominal 100/s assumes 80 ms
+    // exactly and a host with nothing else to do).
+    let saturated = closed_loop(
+        addr,
+        &spec("default"),
+        &ClosedLoop {
+            requests: 300,
+            threads: 12,
+            ..Default::default()
+        },
+    );
+    let capacity = saturated.ok() as f64 / saturated.elapsed.as_secs_f64();
     let (c, d) = overload(addr, SECS);
     let mut plain = c;
     plain.merge(d);
@@ -107,7 +121,8 @@ fn overload_keeps_goodput_and_latency_and_protects_critical_traffic() {
     let goodput = all.ok() as f64 / SECS;
     let admitted_p99 = all.ok_percentile(99.0).unwrap();
     eprintln!(
-        "with reflex: goodput {goodput:.1}/s, admitted p99 {admitted_p99:?} (unloaded {unloaded_p99:?}), \
+        "with reflex: goodput {goodput:.1}/s (capacity measured {capacity:.1}/s, nominal {CAPACITY_RPS}/s), \
+         admitted p99 {admitted_p99:?} (unloaded {unloaded_p99:?}), \
          critical {}/{}, upstream max concurrent {}\ncritical: {}\ndefault: {}",
         critical.ok(),
         critical.sent,
@@ -116,8 +131,8 @@ fn overload_keeps_goodput_and_latency_and_protects_critical_traffic() {
         default.summary()
     );
     assert!(
-        goodput >= 0.9 * CAPACITY_RPS,
-        "goodput {goodput:.1}/s below 90% of {CAPACITY_RPS}"
+        goodput >= 0.9 * capacity,
+        "goodput {goodput:.1}/s below 90% of the measured capacity {capacity:.1}/s"
     );
     assert!(
         admitted_p99 <= unloaded_p99 * 2,
