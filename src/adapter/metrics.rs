@@ -106,9 +106,10 @@ impl Metrics {
             .iter()
             .map(|(name, value)| format!("{name}=.={value};.;"))
             .collect();
-        let tagged = |name: &str| match name.strip_prefix("reflex_") {
-            Some(rest) => format!("reflex_{encoded}{rest}"),
-            None => format!("{encoded}{name}"),
+        // Every name below starts with `reflex_`; the tags go right after it.
+        let tagged = |name: &str| {
+            let rest = name.trim_start_matches("reflex_");
+            format!("reflex_{encoded}{rest}")
         };
         let counter = |name: &str| hostcalls::define_metric(MetricType::Counter, &tagged(name));
         let gauge = |name: &str| hostcalls::define_metric(MetricType::Gauge, &tagged(name));

@@ -132,6 +132,11 @@ impl Worker {
             until,
             now,
         ) {
+            // An instance with nothing to publish (e.g. one that only serves the control
+            // endpoint) says so quietly: on-call reads the warn lines for switches in force.
+            Ok(true) if switches.is_empty() => {
+                info!("reflex switches {name:?} published: none (its emergency section is empty)")
+            }
             Ok(true) => warn!(
                 "reflex switches {name:?} published: {}",
                 crate::control::status_value(&Switches::default(), &switches, now)["effective"]

@@ -211,7 +211,9 @@ pub(super) fn parse_control(value: Option<Value>) -> Result<Control, ConfigError
     let token_path = format!("{p}.token");
     // Rules never quote the token: a config error is logged.
     let token = match raw.token {
+        // An empty string is "not set", so a template can ship the field empty and off.
         None | Some(Value::Null) => String::new(),
+        Some(Value::String(token)) if token.is_empty() => String::new(),
         Some(Value::String(token)) => {
             let printable = token.chars().all(|c| c.is_ascii_graphic());
             if token.len() < MIN_TOKEN_LEN || token.len() > MAX_TOKEN_LEN || !printable {

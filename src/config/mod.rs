@@ -260,7 +260,7 @@ impl Config {
             {
                 return Err(ConfigError::new(
                     field,
-                    "must not be set when role is \"switches\": such an instance only publishes its emergency section",
+                    "must not be set when role is \"switches\": such an instance only publishes its emergency section and may serve the control endpoint",
                 ));
             }
         }
@@ -397,14 +397,14 @@ mod tests {
         let config = Config::parse(br#"{"version": 1}"#).unwrap();
         assert!(config.metric_tags.is_empty(), "no tags unless asked for");
         let config = Config::parse(
-            br#"{"version": 1, "metrics": {"tags": {"direction": "inbound", "app": "pay-v2"}}}"#,
+            br#"{"version": 1, "metrics": {"tags": {"direction": "inbound", "team": "pay-v2"}}}"#,
         )
         .unwrap();
         assert_eq!(
             config.metric_tags,
             [
-                ("app".to_string(), "pay-v2".to_string()),
-                ("direction".to_string(), "inbound".to_string())
+                ("direction".to_string(), "inbound".to_string()),
+                ("team".to_string(), "pay-v2".to_string())
             ]
         );
         for (json, path) in [
@@ -441,6 +441,11 @@ mod tests {
         let e =
             err(r#"{"version": 1, "role": "switches", "control": {"enabled": true, "token": ""}}"#);
         assert_eq!(e.path, "control.token", "{e}");
+        assert!(e.rule.contains("must be set"), "{e}");
+        // Off with an empty token (the shipped control listener's form) is fine.
+        let off =
+            br#"{"version": 1, "role": "switches", "control": {"enabled": false, "token": ""}}"#;
+        assert!(!Config::parse(off).unwrap().control.enabled);
     }
 
     #[test]

@@ -41,7 +41,9 @@
 //! While latency stays within `tolerance x no_load` the limit grows by `smoothing x headroom x
 //! sqrt(limit)` per window; when queueing raises latency the gradient pulls it down by at most
 //! half per window, at once: the queue costs every admitted request now, and a smoothed fall
-//! left the onset of an overload a second of queueing (measured in the real-Envoy test). It settles where `limit x (1 - gradient) = headroom x
+//! left the onset of an overload a second of queueing (measured in the real-Envoy test). The
+//! price: one slow window while busy (a pause near capacity) can cut the limit by up to half,
+//! and it regrows by `smoothing x headroom x sqrt(limit)` per busy window. It settles where `limit x (1 - gradient) = headroom x
 //! sqrt(limit)`, i.e. about `headroom x sqrt(limit)` requests of queue. The default headroom
 //! (0.5) keeps that queue short enough that admitted requests stay within about 1.5x of the
 //! no-load latency (the p99 target is 2x) while the limit can still find a bigger service in
@@ -753,7 +755,7 @@ mod tests {
     }
 
     #[test]
-    fn gradient_falls_at_most_by_half_before_smoothing() {
+    fn gradient_falls_at_most_by_half_per_window() {
         let p = LimiterPolicy {
             smoothing: 1.0,
             ..policy(Controller::Gradient)

@@ -417,6 +417,14 @@ impl Switches {
 
     /// Sets `set_at` of every switch (the config's switches are parsed without a clock; the
     /// adapter stamps them with the configure time).
+    /// No switch at all (whatever the generation).
+    pub fn is_empty(&self) -> bool {
+        self.kill.is_empty()
+            && self.shed.is_none()
+            && self.freeze.is_none()
+            && self.dry_run.is_none()
+    }
+
     pub fn stamped(mut self, at: Instant) -> Switches {
         for s in &mut self.kill {
             s.set_at = at;
@@ -725,6 +733,17 @@ mod tests {
 
     fn no_headers(_: &str) -> Option<String> {
         None
+    }
+
+    #[test]
+    fn empty_means_no_switch_whatever_the_generation() {
+        let mut s = Switches {
+            generation: 7,
+            ..Switches::default()
+        };
+        assert!(s.is_empty());
+        s.freeze = Some(switch((), None));
+        assert!(!s.is_empty());
     }
 
     fn facts<'a>(

@@ -100,7 +100,8 @@ CONTROL_INSTANCES = {"SIDECAR_OUTBOUND": ("reflex-control-outbound", "/.reflex/o
 SIDES = {"SIDECAR_OUTBOUND": ("reflex-outbound", FIXTURE),
          "SIDECAR_INBOUND": ("reflex-inbound", INBOUND_FIXTURE)}
 BASE_PRIORITY = 10
-# Top-level fields of a "role": "switches" configuration (src/config/mod.rs SWITCHES_FIELDS).
+# Top-level fields an emergency manifest's "role": "switches" instance may carry: reflex's
+# SWITCHES_FIELDS (src/config/mod.rs) without `control`, which belongs in control-listener.yaml.
 SWITCHES_FIELDS = {"version", "role", "emergency", "tickInterval", "metrics"}
 # Switch sets one shared-data namespace holds (src/state/switchboard.rs MAX_PUSHERS).
 MAX_PUSHERS = 8
@@ -1428,14 +1429,20 @@ def control_listener_instances(docs: list) -> dict:
     return out
 
 
-def with_control_token(docs: list, token: str, port: int) -> list:
-    """A copy of the control listener manifest with `token` set and the listener on `port`."""
-    docs = copy.deepcopy(docs)
+# The text the documented sed (in the file's header and docs/runbook.md) replaces.
+CONTROL_OFF = '"enabled": false, "token": ""'
+CONTROL_SED = 'sed "s/\\"enabled\\": false, \\"token\\": \\"\\"/\\"enabled\\": true, \\"token\\": \\"$TOKEN\\"/"'
+
+
+def with_control_token(token: str, port: int) -> list:
+    """The control listener manifest turned on the documented way (the sed, done on the
+    file's text, so the instructions are what is tested), with the listener on `port`."""
+    text = CONTROL_LISTENER.read_text()
+    expect(text.count(CONTROL_OFF) == len(CONTROL_INSTANCES),
+           f"the documented sed must find {CONTROL_OFF!r} once per side")
+    docs = [d for d in yaml.safe_load_all(text.replace(CONTROL_OFF, f'"enabled": true, "token": "{token}"')) if d]
     (cp,) = [cp for _, cp in config_patches(docs, "LISTENER", "SIDECAR_INBOUND")]
     cp["patch"]["value"]["address"]["socket_address"]["port_value"] = port
-    for f, cfg in control_listener_instances(docs).values():
-        cfg["control"]["token"] = token
-        f["typed_config"]["config"]["configuration"]["value"] = json.dumps(cfg)
     return docs
 
 
@@ -1467,27 +1474,48 @@ def check_control_listener(ctx: Ctx):
         expect(cfg.get("role") == "switches" and not set(cfg) - SWITCHES_FIELDS - {"control"},
                f"{side}: a switches instance (no resilience features of its own): {sorted(cfg)}")
         ctl = cfg.get("control", {})
-        expect(ctl.get("enabled") is True and ctl.get("allowFrom", "loopback") == "loopback"
-               and ctl.get("pathPrefix") == CONTROL_INSTANCES[side][1], f"{side}: control {ctl}")
-        expect(ctl.get("token") == "", f"{side}: the shipped token must be empty (operators set their own)")
+        expect(ctl.get("enabled") is False and ctl.get("token") == "",
+               f"{side}: must ship off and without a token (operators turn it on with their own): {ctl}")
+        expect(ctl.get("allowFrom", "loopback") == "loopback" and ctl.get("pathPrefix") == CONTROL_INSTANCES[side][1],
+               f"{side}: control {ctl}")
         base_metrics = patch_config(_reflex_wasm_patches(ctx, side)[0][1]).get("metrics")
         expect(cfg.get("metrics") == base_metrics, f"{side}: metrics must equal the base filter's {base_metrics}")
+    for where in (CONTROL_LISTENER, ROOT / "docs" / "runbook.md"):
+        expect(CONTROL_SED in where.read_text(), f"{where.name} must give the sed the validator runs: {CONTROL_SED}")
     return f"127.0.0.1:{addr['port_value']}: {' > '.join(names)}"
 
 
-def check_envoy_rejects_empty_control_token(ctx: Ctx):
-    rc, out, _ = validate_sidecar(ctx, ctx.control_listener, "control-empty-token")
-    expect(rc != 0, "Envoy accepted the control listener with the shipped empty token")
+def check_envoy_rejects_enabled_control_without_token(ctx: Ctx):
+    """Why it ships off: enabled without a token, reflex rejects the configuration and Envoy
+    the whole listener update."""
+    docs = yaml.safe_load(CONTROL_LISTENER.read_text().replace(CONTROL_OFF, '"enabled": true, "token": ""'))
+    rc, out, _ = validate_sidecar(ctx, [docs], "control-empty-token")
+    expect(rc != 0, "Envoy accepted an enabled control endpoint without a token")
     want = "invalid reflex configuration at `control.token`"
     expect(want in out, f"rejected for another reason: {out.strip()[-400:]}")
     return want
+
+
+def check_envoy_runtime_control_listener_as_shipped(ctx: Ctx):
+    """Applied unchanged: Envoy takes it, traffic is untouched, the endpoint is off (404)."""
+    docs = copy.deepcopy(ctx.control_listener)
+    (cp,) = [cp for _, cp in config_patches(docs, "LISTENER", "SIDECAR_INBOUND")]
+    port = free_port()
+    cp["patch"]["value"]["address"]["socket_address"]["port_value"] = port
+    with running_sidecar(ctx, docs, "istio-control-off") as sc:
+        wait_for(lambda: http_get(f"http://127.0.0.1:{sc.lis}/")[0] == 200, 10, "first request through reflex")
+        got = collections.Counter(http_get(f"http://127.0.0.1:{port}/.reflex/{side}/status")[0]
+                                  for side in ("outbound", "inbound"))
+        expect(got == {404: 2}, f"the shipped (off) endpoint must not answer: {dict(got)}")
+        expect(http_get(f"http://127.0.0.1:{sc.inb}/")[0] == 200, "inbound traffic must pass")
+    return "accepted; /.reflex/{outbound,inbound}/status 404; traffic 200"
 
 
 def check_envoy_runtime_control_listener(ctx: Ctx):
     """The control listener in a running Istio-like sidecar: each side's switches from its
     own path, a wrong token changes nothing, normal undoes."""
     token, port = "t0ken-for-the-validator-" + str(os.getpid()), free_port()
-    docs = with_control_token(ctx.control_listener, token, port)
+    docs = with_control_token(token, port)
     auth = {"Authorization": f"Bearer {token}"}
 
     def control(side: str, action: str, body: str | None = None, headers: dict | None = None):
@@ -1735,9 +1763,11 @@ def main() -> int:
         # 6. the per-pod control listener
         run_check("istio/control-listener.yaml: loopback listener, a switches instance per side in its VM",
                   check_control_listener, ctx)
-        run_check("Envoy rejects the control listener as shipped (empty token, reflex's message)",
-                  check_envoy_rejects_empty_control_token, ctx)
-        run_check("Envoy running bundle + control listener: per-side kill and normal, wrong token 401",
+        run_check("Envoy running bundle + control listener as shipped: endpoint off, traffic untouched",
+                  check_envoy_runtime_control_listener_as_shipped, ctx)
+        run_check("Envoy rejects the control listener enabled without a token (why it ships off)",
+                  check_envoy_rejects_enabled_control_without_token, ctx)
+        run_check("Envoy running bundle + control listener turned on by the documented sed: per-side kill and normal, wrong token 401",
                   check_envoy_runtime_control_listener, ctx)
     finally:
         if args.keep:

@@ -14,6 +14,32 @@ use serde_json::Value;
 
 pub type Result<T> = std::result::Result<T, String>;
 
+/// Whether a stat name as Envoy's `/stats` shows it is reflex's metric `name` (e.g.
+/// `reflex_requests_total`), untagged (`wasmcustom.reflex_requests_total`) or with
+/// `metrics.tags` segments in it (`wasmcustom.reflex_direction=.=outbound;.;requests_total`:
+/// `/stats` shows names before tag extraction, `/stats/prometheus` after).
+pub fn is_reflex_metric(stat: &str, name: &str) -> bool {
+    let Some(rest) = name.strip_prefix("reflex_") else {
+        return false;
+    };
+    let Some(tagged) = stat.strip_prefix("wasmcustom.reflex_") else {
+        return false;
+    };
+    tagged == rest
+        || tagged
+            .strip_suffix(rest)
+            .is_some_and(|tags| tags.ends_with(";.;"))
+}
+
+/// The sum of every stat that is reflex's metric `name` (see [`is_reflex_metric`]).
+pub fn reflex_metric(stats: &BTreeMap<String, u64>, name: &str) -> u64 {
+    stats
+        .iter()
+        .filter(|(k, _)| is_reflex_metric(k, name))
+        .map(|(_, v)| *v)
+        .sum()
+}
+
 /// Where the machine and the build came from, printed with every table.
 #[derive(Debug, Clone, Serialize)]
 pub struct Machine {
@@ -577,6 +603,48 @@ pub fn pct(x: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reflex_metrics_are_found_with_or_without_tags() {
+        let name = "reflex_requests_total";
+        assert!(is_reflex_metric("wasmcustom.reflex_requests_total", name));
+        assert!(is_reflex_metric(
+            "wasmcustom.reflex_direction=.=outbound;.;requests_total",
+            name
+        ));
+        assert!(is_reflex_metric(
+            "wasmcustom.reflex_a=.=x;.;b=.=y;.;requests_total",
+            name
+        ));
+        // Other metrics whose names end alike are not it.
+        assert!(!is_reflex_metric(
+            "wasmcustom.reflex_control_requests_total",
+            name
+        ));
+        assert!(!is_reflex_metric(
+            "wasmcustom.reflex_direction=.=outbound;.;control_requests_total",
+            name
+        ));
+        assert!(!is_reflex_metric(
+            "http.ingress.reflex_requests_total",
+            name
+        ));
+        let stats = BTreeMap::from([
+            (
+                "wasmcustom.reflex_direction=.=outbound;.;requests_total".to_string(),
+                3,
+            ),
+            (
+                "wasmcustom.reflex_direction=.=inbound;.;requests_total".to_string(),
+                4,
+            ),
+            (
+                "wasmcustom.reflex_direction=.=inbound;.;status_requests_total".to_string(),
+                9,
+            ),
+        ]);
+        assert_eq!(reflex_metric(&stats, name), 7);
+    }
 
     #[test]
     fn civil_dates() {

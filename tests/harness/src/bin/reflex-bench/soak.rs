@@ -215,13 +215,6 @@ fn sample(envoy: &Envoy, t: Duration) -> Result<Sample> {
     let pid = envoy.pid().ok_or("envoy has no pid")?;
     let memories = common::wasm_memories(pid)?;
     let stats = envoy.stats().map_err(|e| e.to_string())?;
-    let ending = |suffix: &str| {
-        stats
-            .iter()
-            .filter(|(k, _)| k.ends_with(suffix))
-            .map(|(_, v)| *v)
-            .sum::<u64>()
-    };
     Ok(Sample {
         t_s: t.as_secs_f64(),
         rss_kib: common::process_rss_kib(pid)?,
@@ -230,8 +223,8 @@ fn sample(envoy: &Envoy, t: Duration) -> Result<Sample> {
         touched_kib: memories.iter().map(|m| m.rss_kib).collect(),
         memory_allocated: stats.get("server.memory_allocated").copied(),
         memory_heap_size: stats.get("server.memory_heap_size").copied(),
-        shared_state_errors: ending("reflex_shared_state_errors_total"),
-        reflex_requests: ending("reflex_requests_total"),
+        shared_state_errors: common::reflex_metric(&stats, "reflex_shared_state_errors_total"),
+        reflex_requests: common::reflex_metric(&stats, "reflex_requests_total"),
         wasm_stats: stats
             .iter()
             .filter(|(k, _)| k.starts_with("wasm."))
