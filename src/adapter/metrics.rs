@@ -1,10 +1,10 @@
 //! reflex's Prometheus metrics, defined when a configuration is accepted. Envoy keeps custom
 //! wasm metrics in the `wasmcustom` stat namespace and exports them without prefix on
-//! `/stats/prometheus`, so the names below are what an SRE queries. Counters end in `_total`. Envoy's wasm ABI has no
-//! labels, so per-detector counts are separate names. Configured `metrics.tags` are encoded
-//! into every name as `tag=.=value;.;` (Istio's convention), right after `reflex_` so that
-//! the name still starts with it (stats inclusion lists match `wasmcustom.reflex_`):
-//! `reflex_direction=.=inbound;.;requests_total`. A bootstrap `stats_tags` entry with the
+//! `/stats/prometheus`, so the names below are what an SRE queries. Counters end in `_total`.
+//! Envoy's wasm ABI has no labels, so per-detector counts are separate names, and configured
+//! `metrics.tags` are encoded into every name as `tag=.=value;.;` (Istio's convention), right
+//! after `reflex_` so that the name still starts with it (stats inclusion lists match
+//! `wasmcustom.reflex_`): `reflex_direction=.=inbound;.;requests_total`. A bootstrap `stats_tags` entry with the
 //! regex `(direction=\.=(.*?);\.;)` (what Istio's `extraStatTags` generates) removes the
 //! tag from the name and makes it a Prometheus label: `reflex_requests_total{direction=...}`.
 

@@ -282,8 +282,6 @@ impl Breaker {
         self.admit_with_transition(now, policy, frozen).0
     }
 
-    /// [`Breaker::admit`], also returning the Open -> HalfOpen transition when this call made
-    /// it (for the log line).
     /// A probe admitted for a request that was then not sent (another guard refused it):
     /// its slot is free again, so the half-open period is not left waiting for it.
     pub fn return_probe(&mut self) {
@@ -292,6 +290,8 @@ impl Breaker {
         }
     }
 
+    /// [`Breaker::admit`], also returning the Open -> HalfOpen transition when this call made
+    /// it (for the log line).
     pub fn admit_with_transition(
         &mut self,
         now: Instant,

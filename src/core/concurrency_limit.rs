@@ -43,8 +43,9 @@
 //! half per window, at once: the queue costs every admitted request now, and a smoothed fall
 //! left the onset of an overload a second of queueing (measured in the real-Envoy test). The
 //! price: one slow window while busy (a pause near capacity) can cut the limit by up to half,
-//! and it regrows by `smoothing x headroom x sqrt(limit)` per busy window. It settles where `limit x (1 - gradient) = headroom x
-//! sqrt(limit)`, i.e. about `headroom x sqrt(limit)` requests of queue. The default headroom
+//! and it regrows by `smoothing x headroom x sqrt(limit)` per busy window. It settles where
+//! `limit x (1 - gradient) = headroom x sqrt(limit)`, i.e. about `headroom x sqrt(limit)`
+//! requests of queue. The default headroom
 //! (0.5) keeps that queue short enough that admitted requests stay within about 1.5x of the
 //! no-load latency (the p99 target is 2x) while the limit can still find a bigger service in
 //! seconds. As in `Gradient2Limit`, the limit holds while the service is

@@ -415,8 +415,6 @@ impl Switches {
         self.dry_run.as_ref().is_some_and(|s| s.is_active(now))
     }
 
-    /// Sets `set_at` of every switch (the config's switches are parsed without a clock; the
-    /// adapter stamps them with the configure time).
     /// No switch at all (whatever the generation).
     pub fn is_empty(&self) -> bool {
         self.kill.is_empty()
@@ -425,6 +423,8 @@ impl Switches {
             && self.dry_run.is_none()
     }
 
+    /// Sets `set_at` of every switch (the config's switches are parsed without a clock; the
+    /// adapter stamps them with the configure time).
     pub fn stamped(mut self, at: Instant) -> Switches {
         for s in &mut self.kill {
             s.set_at = at;

@@ -181,8 +181,8 @@ impl LoadReport {
     }
 }
 
-/// Nearest-rank percentile of sorted `latencies`.
-fn percentile_of(latencies: &[Duration], p: f64) -> Option<Duration> {
+/// Nearest-rank percentile of sorted `latencies`, `p` in [0, 100]; `None` if empty.
+pub fn percentile_of(latencies: &[Duration], p: f64) -> Option<Duration> {
     if latencies.is_empty() {
         return None;
     }

@@ -205,16 +205,9 @@ fn downstream_requests(envoy: &Envoy) -> Result<u64> {
         .map(|v| v.unwrap_or(0))
 }
 
-fn counter_ending(envoy: &Envoy, suffix: &str) -> u64 {
-    envoy
-        .stats()
-        .ok()
-        .and_then(|s| {
-            s.into_iter()
-                .find(|(k, _)| k.ends_with(suffix))
-                .map(|(_, v)| v)
-        })
-        .unwrap_or(0)
+/// reflex's metric `name` as Envoy's `/stats` shows it, tagged or not (0 if unreadable).
+fn reflex_counter(envoy: &Envoy, name: &str) -> u64 {
+    envoy.stats().map_or(0, |s| common::reflex_metric(&s, name))
 }
 
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -667,7 +660,7 @@ pub fn run(args: &CostArgs) -> Result<()> {
     let mut witnesses = BTreeMap::new();
     for (v, (envoy, _)) in variants.iter().zip(&envoys) {
         if let Some(counter) = v.witness {
-            let seen = counter_ending(envoy, counter);
+            let seen = reflex_counter(envoy, counter);
             let total = downstream_requests(envoy)?;
             witnesses.insert(
                 v.key,
@@ -682,7 +675,7 @@ pub fn run(args: &CostArgs) -> Result<()> {
         }
         if v.key.starts_with("reflex") {
             // reflex must have steered (P2C) most requests, not left them to LEAST_REQUEST.
-            let picks = counter_ending(envoy, "reflex_picks_total");
+            let picks = reflex_counter(envoy, "reflex_picks_total");
             let total = downstream_requests(envoy)?;
             witnesses.insert(
                 if v.key == "reflex-all" {
